@@ -1,0 +1,243 @@
+//! The command line: argument parsing and one adapter per subcommand. Each adapter calls the
+//! library and formats the result; exit codes are 0 success, 1 a sync part (or a database
+//! check) failed, 2 bad configuration or usage.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+use crate::config::{Config, RawSettings, Sources};
+use crate::pg::{self, Backoff};
+use crate::profile::Profile;
+use crate::schema;
+
+/// Exit code: everything succeeded.
+pub const EXIT_OK: u8 = 0;
+/// Exit code: a sync part or a database check failed.
+pub const EXIT_FAILED: u8 = 1;
+/// Exit code: bad configuration or usage.
+pub const EXIT_USAGE: u8 = 2;
+
+/// Keeps a metering site's PostgreSQL in step with the central PostgreSQL.
+///
+/// Configuration comes from environment variables (see `.env.example`), a `.env` file in the
+/// working directory, `--config FILE` (the same keys in lower case, TOML) and `--set KEY=VALUE`,
+/// in that order of rising precedence: command line > environment > .env > file > defaults.
+#[derive(Debug, Parser)]
+#[command(name = "meter-sync", version, about, long_about = None)]
+pub struct Cli {
+    /// TOML configuration file with the same keys as the environment, in lower case.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Override one configuration key, e.g. `--set BATCH_SIZE=500` (repeatable).
+    #[arg(long = "set", global = true, value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub overrides: Vec<(String, String)>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate the configuration and profile, print them (secrets masked) and connect to both
+    /// databases; says which side failed and why.
+    Check {
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create or complete the local schema of the active profile (tables, readings queue
+    /// index, sync_logs, meter_sync_log view). Idempotent; never touches the remote.
+    Migrate {
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("`{text}` is not KEY=VALUE"))
+}
+
+/// Loads configuration and profile, or says what is wrong (exit 2).
+fn load(cli: &Cli) -> Result<(RawSettings, Config, Profile), ExitCode> {
+    let sources = Sources::from_process(cli.config.clone(), cli.overrides.clone());
+    let raw = RawSettings::load(&sources).map_err(usage_error)?;
+    let config = Config::from_raw(&raw).map_err(usage_error)?;
+    let profile = Profile::load(config.sync_profile.as_deref()).map_err(usage_error)?;
+    Ok((raw, config, profile))
+}
+
+fn usage_error(error: impl std::error::Error) -> ExitCode {
+    eprintln!("meter-sync: {}", chain(&error));
+    ExitCode::from(EXIT_USAGE)
+}
+
+/// An error and its causes on one line.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let cause = e.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+        source = e.source();
+    }
+    text
+}
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> ExitCode {
+    let (raw, config, profile) = match load(&cli) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    let _log = match crate::logging::init(
+        &config.log_level,
+        config.log_format,
+        config.log_file.as_deref(),
+    ) {
+        Ok(guard) => guard,
+        Err(e) => return usage_error(e),
+    };
+    match cli.command {
+        Command::Check { json } => check(&raw, &config, &profile, json).await,
+        Command::Migrate { json } => migrate(&config, &profile, json).await,
+    }
+}
+
+/// The outcome of connecting to one side.
+#[derive(Debug, Serialize)]
+struct SideCheck {
+    side: &'static str,
+    address: String,
+    ok: bool,
+    server_version: Option<String>,
+    error: Option<String>,
+}
+
+async fn check_side(db: &crate::config::DbConfig, config: &Config) -> SideCheck {
+    let result = async {
+        let client = pg::connect(db, &config.pool).await?;
+        let row = client
+            .query_one("show server_version", &[])
+            .await
+            .map_err(|e| pg::PgError::query(db.side, "read the server version", e))?;
+        Ok::<String, pg::PgError>(row.get(0))
+    }
+    .await;
+    SideCheck {
+        side: db.side,
+        address: db.address(),
+        ok: result.is_ok(),
+        server_version: result.as_ref().ok().cloned(),
+        error: result.err().map(|e| chain(&e)),
+    }
+}
+
+async fn check(raw: &RawSettings, config: &Config, profile: &Profile, json: bool) -> ExitCode {
+    let (local, remote) = tokio::join!(
+        check_side(&config.local, config),
+        check_side(&config.remote, config)
+    );
+    let ok = local.ok && remote.ok;
+    if json {
+        let out = serde_json::json!({
+            "ok": ok,
+            "configuration": Config::redacted_summary(raw),
+            "profile": { "origin": profile.origin, "entities": profile.entities.iter().map(|e| e.name.to_string()).collect::<Vec<_>>(),
+                         "readings": profile.readings.as_ref().map(|r| r.table.to_string()) },
+            "databases": [local, remote],
+        });
+        println!("{out:#}");
+    } else {
+        println!("configuration (secrets masked):");
+        for line in Config::redacted_summary(raw) {
+            println!("  {line}");
+        }
+        let entities: Vec<String> = profile
+            .entities
+            .iter()
+            .map(|e| e.name.to_string())
+            .collect();
+        println!(
+            "profile: {} (entities in order: {})",
+            profile.origin,
+            entities.join(", ")
+        );
+        if let Some(readings) = &profile.readings {
+            println!(
+                "  readings: {} -> remote {}",
+                readings.table, readings.remote_table
+            );
+        }
+        for side in [&local, &remote] {
+            match (&side.server_version, &side.error) {
+                (Some(version), _) => println!(
+                    "{} database {}: ok (PostgreSQL {version})",
+                    side.side, side.address
+                ),
+                (_, Some(error)) => {
+                    println!("{} database {}: FAILED: {error}", side.side, side.address)
+                }
+                _ => {}
+            }
+        }
+    }
+    ExitCode::from(if ok { EXIT_OK } else { EXIT_FAILED })
+}
+
+async fn migrate(config: &Config, profile: &Profile, json: bool) -> ExitCode {
+    let result = async {
+        let mut client = Backoff::connection(&config.retry)
+            .retry(
+                "connect to the local database",
+                pg::PgError::is_retryable,
+                || pg::connect(&config.local, &config.pool),
+            )
+            .await?;
+        schema::migrate(&mut client, profile).await
+    }
+    .await;
+    match result {
+        Ok(report) => {
+            if json {
+                println!(
+                    "{:#}",
+                    serde_json::json!({ "ok": true, "changes": report.changes, "warnings": report.warnings })
+                );
+            } else if report.changes.is_empty() {
+                println!("local schema is up to date ({})", config.local.address());
+            } else {
+                for change in &report.changes {
+                    println!("{change}");
+                }
+            }
+            if !json {
+                for warning in &report.warnings {
+                    println!("warning: {warning}");
+                }
+            }
+            ExitCode::from(EXIT_OK)
+        }
+        Err(e) => {
+            if json {
+                println!(
+                    "{:#}",
+                    serde_json::json!({ "ok": false, "error": chain(&e) })
+                );
+            }
+            eprintln!("meter-sync: migrate failed: {}", chain(&e));
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! meter-sync: keeps a metering site's PostgreSQL in step with the central PostgreSQL.
+//!
+//! Readings move up (store-and-forward), configuration tables are mirrored down. See
+//! `DESIGN.md`-derived architecture notes in the README; each module's header says what it owns.
+
+pub mod cli;
+pub mod config;
+pub mod cron;
+pub mod fixture;
+pub mod logging;
+pub mod pg;
+pub mod pgcluster;
+pub mod profile;
+pub mod schema;
+pub mod sql;

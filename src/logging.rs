@@ -1,0 +1,79 @@
+//! Log output: `tracing` to stderr (text or JSON), and to `LOG_FILE` with daily rotation
+//! keeping 30 files when set. stdout is left to command output and the MCP protocol.
+
+use std::path::Path;
+
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{fmt, EnvFilter, Layer};
+
+use crate::config::LogFormat;
+
+/// Rotated log files kept (spec 004, "Log Rotation").
+pub const KEPT_LOG_FILES: usize = 30;
+
+/// Why logging could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum LoggingError {
+    #[error("LOG_FILE={path}: cannot open the log file")]
+    File {
+        path: String,
+        #[source]
+        source: tracing_appender::rolling::InitError,
+    },
+    #[error("LOG_LEVEL={0}: not a valid filter")]
+    Filter(String),
+}
+
+/// Keeps the file writer flushing; drop it last (at exit).
+pub struct LogGuard {
+    _file: Option<tracing_appender::non_blocking::WorkerGuard>,
+}
+
+/// Installs the global subscriber. `level` is a level or filter directive; `file` adds a
+/// daily-rotated file. Safe to call once per process; a second call is ignored.
+pub fn init(level: &str, format: LogFormat, file: Option<&Path>) -> Result<LogGuard, LoggingError> {
+    let filter = || EnvFilter::try_new(level).map_err(|_| LoggingError::Filter(level.to_string()));
+    let stderr = match format {
+        LogFormat::Text => fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_target(false)
+            .boxed(),
+        LogFormat::Json => fmt::layer().json().with_writer(std::io::stderr).boxed(),
+    }
+    .with_filter(filter()?);
+    let (file_layer, guard) = match file {
+        Some(path) => {
+            let dir = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_else(|| "meter-sync.log".into());
+            let appender = tracing_appender::rolling::Builder::new()
+                .rotation(tracing_appender::rolling::Rotation::DAILY)
+                .filename_prefix(name)
+                .max_log_files(KEPT_LOG_FILES)
+                .build(dir)
+                .map_err(|source| LoggingError::File {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+            let (writer, guard) = tracing_appender::non_blocking(appender);
+            let layer = match format {
+                LogFormat::Text => fmt::layer().with_writer(writer).with_ansi(false).boxed(),
+                LogFormat::Json => fmt::layer().json().with_writer(writer).boxed(),
+            }
+            .with_filter(filter()?);
+            (Some(layer), Some(guard))
+        }
+        None => (None, None),
+    };
+    let _ = tracing_subscriber::registry()
+        .with(stderr)
+        .with(file_layer)
+        .try_init();
+    Ok(LogGuard { _file: guard })
+}

@@ -1,0 +1,20 @@
+//! The `meter-sync` binary: parse the command line, then hand over to the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = meter_sync::cli::Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("meter-sync: cannot start the async runtime: {e}");
+            return ExitCode::from(meter_sync::cli::EXIT_FAILED);
+        }
+    };
+    runtime.block_on(meter_sync::cli::run(cli))
+}

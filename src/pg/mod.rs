@@ -1,0 +1,392 @@
+//! Database connections for both sides: driver configuration, TLS, pools, the retryable-error
+//! rule and exponential backoff.
+
+mod tls;
+
+use std::future::Future;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::error::SqlState;
+
+use crate::config::{Config, DbConfig, PoolConfig, RetryConfig};
+pub use tls::TlsError;
+
+/// The `application_name` the service connects with (visible in `pg_stat_activity`).
+pub const APPLICATION_NAME: &str = "meter-sync";
+
+/// A database failure, naming the side and address.
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    #[error("{side} database {address}: cannot connect: {message}")]
+    Connect {
+        side: &'static str,
+        address: String,
+        message: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("{side} database {address}: no connection within {timeout:?}")]
+    ConnectTimeout {
+        side: &'static str,
+        address: String,
+        timeout: Duration,
+    },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("{side} database {address}: connection pool: {message}")]
+    Pool {
+        side: &'static str,
+        address: String,
+        message: String,
+        retryable: bool,
+    },
+    #[error("{side} database: {context}: {message}")]
+    Query {
+        side: &'static str,
+        context: String,
+        message: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}
+
+impl PgError {
+    /// Wraps a statement failure with what was being done.
+    pub fn query(
+        side: &'static str,
+        context: impl Into<String>,
+        source: tokio_postgres::Error,
+    ) -> Self {
+        PgError::Query {
+            side,
+            context: context.into(),
+            message: describe(&source),
+            source,
+        }
+    }
+
+    /// Whether trying again later may succeed (connection trouble, serialization failure,
+    /// resource shortage, operator intervention).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            PgError::Connect { source, .. } | PgError::Query { source, .. } => is_retryable(source),
+            PgError::ConnectTimeout { .. } => true,
+            PgError::Pool { retryable, .. } => *retryable,
+            PgError::Tls(_) => false,
+        }
+    }
+
+    /// The SQLSTATE, when the server sent one.
+    pub fn code(&self) -> Option<&SqlState> {
+        match self {
+            PgError::Connect { source, .. } | PgError::Query { source, .. } => source.code(),
+            _ => None,
+        }
+    }
+}
+
+/// The retry rule: SQLSTATE classes 08 (connection), 40 (transaction rollback: serialization,
+/// deadlock), 53 (insufficient resources), 57 (operator intervention: shutdown, cancel), and
+/// errors with no SQLSTATE that come from I/O or a closed connection.
+pub fn is_retryable(error: &tokio_postgres::Error) -> bool {
+    if let Some(code) = error.code() {
+        return matches!(&code.code()[..2], "08" | "40" | "53" | "57");
+    }
+    if error.is_closed() {
+        return true;
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(e) = source {
+        if e.is::<std::io::Error>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// A one-line description: the server's message (with detail and where it points), or the
+/// I/O cause, never a statement's bound values.
+pub fn describe(error: &tokio_postgres::Error) -> String {
+    if let Some(db) = error.as_db_error() {
+        let mut text = format!("{} ({})", db.message(), db.code().code());
+        if let Some(detail) = db.detail() {
+            text.push_str(&format!("; {detail}"));
+        }
+        for (what, value) in [
+            ("table", db.table()),
+            ("column", db.column()),
+            ("constraint", db.constraint()),
+        ] {
+            if let Some(value) = value {
+                text.push_str(&format!("; {what} {value}"));
+            }
+        }
+        return text;
+    }
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+/// The driver configuration for one side.
+pub fn driver_config(db: &DbConfig, pool: &PoolConfig) -> tokio_postgres::Config {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(&db.host)
+        .port(db.port)
+        .dbname(&db.dbname)
+        .user(&db.user)
+        .application_name(APPLICATION_NAME)
+        .connect_timeout(pool.connection_timeout)
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(30))
+        .ssl_mode(tls::driver_mode(db.sslmode));
+    if !db.password.is_empty() {
+        config.password(db.password.expose());
+    }
+    config
+}
+
+/// Opens one connection (not pooled), bounded by the connection timeout; the connection task
+/// is spawned and ends when the client is dropped.
+pub async fn connect(db: &DbConfig, pool: &PoolConfig) -> Result<tokio_postgres::Client, PgError> {
+    let config = driver_config(db, pool);
+    let tls = tls::connector(db)?;
+    let attempt = tokio::time::timeout(pool.connection_timeout, config.connect(tls)).await;
+    match attempt {
+        Err(_) => Err(PgError::ConnectTimeout {
+            side: db.side,
+            address: db.address(),
+            timeout: pool.connection_timeout,
+        }),
+        Ok(Err(source)) => Err(PgError::Connect {
+            side: db.side,
+            address: db.address(),
+            message: describe(&source),
+            source,
+        }),
+        Ok(Ok((client, connection))) => {
+            let side = db.side;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(side, error = %describe(&e), "database connection ended");
+                }
+            });
+            Ok(client)
+        }
+    }
+}
+
+/// A connection pool for one side. Connections are made lazily, so building never fails on an
+/// unreachable server.
+pub fn pool(db: &DbConfig, settings: &PoolConfig) -> Result<Pool, PgError> {
+    let manager = Manager::from_config(
+        driver_config(db, settings),
+        tls::connector(db)?,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(settings.max_size)
+        .create_timeout(Some(settings.connection_timeout))
+        .wait_timeout(Some(
+            settings.connection_timeout.max(Duration::from_secs(30)),
+        ))
+        .recycle_timeout(Some(settings.connection_timeout))
+        .runtime(Runtime::Tokio1)
+        .build()
+        .map_err(|e| PgError::Pool {
+            side: db.side,
+            address: db.address(),
+            message: e.to_string(),
+            retryable: false,
+        })
+}
+
+/// Takes a connection from a pool, turning pool errors into [`PgError`].
+pub async fn get(pool: &Pool, db: &DbConfig) -> Result<deadpool_postgres::Object, PgError> {
+    use deadpool_postgres::PoolError;
+    pool.get().await.map_err(|e| match e {
+        PoolError::Backend(source) => PgError::Connect {
+            side: db.side,
+            address: db.address(),
+            message: describe(&source),
+            source,
+        },
+        PoolError::Timeout(_) => PgError::ConnectTimeout {
+            side: db.side,
+            address: db.address(),
+            timeout: pool.timeouts().create.unwrap_or_default(),
+        },
+        other => PgError::Pool {
+            side: db.side,
+            address: db.address(),
+            message: other.to_string(),
+            retryable: !matches!(other, PoolError::Closed),
+        },
+    })
+}
+
+/// Both pools of the service.
+#[derive(Clone)]
+pub struct Pools {
+    pub local: Pool,
+    pub remote: Pool,
+    pub local_db: DbConfig,
+    pub remote_db: DbConfig,
+}
+
+impl Pools {
+    /// Builds both pools from the configuration.
+    pub fn new(config: &Config) -> Result<Self, PgError> {
+        Ok(Self {
+            local: pool(&config.local, &config.pool)?,
+            remote: pool(&config.remote, &config.pool)?,
+            local_db: config.local.clone(),
+            remote_db: config.remote.clone(),
+        })
+    }
+
+    /// A local connection.
+    pub async fn local(&self) -> Result<deadpool_postgres::Object, PgError> {
+        get(&self.local, &self.local_db).await
+    }
+
+    /// A remote connection.
+    pub async fn remote(&self) -> Result<deadpool_postgres::Object, PgError> {
+        get(&self.remote, &self.remote_db).await
+    }
+}
+
+/// Exponential backoff: retry `n` (0-based) waits `base * 2^n`, at most `max_retries` times.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Backoff {
+    pub max_retries: u32,
+    pub base: Duration,
+}
+
+impl Backoff {
+    /// The connection policy of a configuration.
+    pub fn connection(retry: &RetryConfig) -> Self {
+        Self {
+            max_retries: retry.max_connection_retries,
+            base: retry.base,
+        }
+    }
+
+    /// The query policy of a configuration.
+    pub fn query(retry: &RetryConfig) -> Self {
+        Self {
+            max_retries: retry.max_query_retries,
+            base: retry.base,
+        }
+    }
+
+    /// The wait before retry `n` (0-based), capped at one hour.
+    pub fn delay(&self, n: u32) -> Duration {
+        self.base
+            .saturating_mul(2u32.saturating_pow(n.min(20)))
+            .min(Duration::from_secs(3600))
+    }
+
+    /// Runs `op` until it succeeds, fails with a non-retryable error, or the retries are spent.
+    /// Each retry is logged with the attempt, the delay and the error.
+    pub async fn retry<T, E, F, Fut>(
+        &self,
+        what: &str,
+        retryable: impl Fn(&E) -> bool,
+        mut op: F,
+    ) -> Result<T, E>
+    where
+        E: std::fmt::Display,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let mut attempt = 0;
+        loop {
+            match op().await {
+                Ok(value) => return Ok(value),
+                Err(e) if attempt < self.max_retries && retryable(&e) => {
+                    let delay = self.delay(attempt);
+                    tracing::warn!(what, attempt = attempt + 1, max = self.max_retries, delay_ms = delay.as_millis() as u64, error = %e, "retrying after a retryable error");
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[test]
+    fn backoff_doubles_from_the_base() {
+        let b = Backoff {
+            max_retries: 5,
+            base: Duration::from_secs(2),
+        };
+        let delays: Vec<u64> = (0..5).map(|n| b.delay(n).as_secs()).collect();
+        assert_eq!(delays, [2, 4, 8, 16, 32]);
+        assert_eq!(b.delay(40), Duration::from_secs(3600));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_waits_exponentially_and_stops_at_the_limit() {
+        let b = Backoff {
+            max_retries: 3,
+            base: Duration::from_secs(2),
+        };
+        let calls = AtomicU32::new(0);
+        let start = tokio::time::Instant::now();
+        let result: Result<(), String> = b
+            .retry(
+                "test",
+                |_| true,
+                || async {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    Err("down".to_string())
+                },
+            )
+            .await;
+        assert!(result.is_err());
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            4,
+            "one try plus three retries"
+        );
+        assert_eq!(start.elapsed(), Duration::from_secs(2 + 4 + 8));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn non_retryable_errors_are_not_retried() {
+        let b = Backoff {
+            max_retries: 3,
+            base: Duration::from_secs(1),
+        };
+        let calls = AtomicU32::new(0);
+        let result: Result<(), String> = b
+            .retry(
+                "test",
+                |_| false,
+                || async {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    Err("bad data".to_string())
+                },
+            )
+            .await;
+        assert!(result.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+}

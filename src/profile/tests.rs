@@ -1,0 +1,318 @@
+//! Profile loading and every kind of mistake it must refuse.
+
+use super::*;
+
+fn problems(text: &str) -> Vec<String> {
+    match Profile::parse(text, "test.toml") {
+        Err(ProfileError::Invalid { problems, .. }) => {
+            problems.iter().map(ToString::to_string).collect()
+        }
+        Err(other) => vec![other.to_string()],
+        Ok(p) => panic!("accepted: {p:?}"),
+    }
+}
+
+fn assert_rejected(text: &str, expected: &str) {
+    let found = problems(text);
+    assert!(
+        found.iter().any(|p| p.contains(expected)),
+        "expected {expected:?} in {found:#?}"
+    );
+}
+
+const REGISTER: &str = r#"
+[[entity]]
+name = "register"
+key = "id"
+tenant_column = "tenant_id"
+columns = [{ name = "id", type = "bigint", nullable = false }, { name = "name", type = "text" }]
+"#;
+
+#[test]
+fn default_profile_loads_in_dependency_order() {
+    let profile = Profile::builtin_default().unwrap();
+    let names: Vec<&str> = profile.entities.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["tenant", "meter", "register", "device_register"]);
+    let meter = profile.entity("meter").unwrap();
+    assert_eq!(
+        meter.key,
+        [Ident::constant("id"), Ident::constant("meter_element_id")]
+    );
+    assert_eq!(
+        meter.on_missing,
+        OnMissing::Deactivate {
+            column: Ident::constant("active")
+        }
+    );
+    assert!(meter.is_tenant_scoped());
+    let dr = profile.entity("device_register").unwrap();
+    assert!(
+        dr.is_tenant_scoped(),
+        "restricted to the tenant's registers on the remote side"
+    );
+    assert_eq!(dr.references.len(), 2);
+    assert_eq!(
+        dr.depends_on,
+        [Ident::constant("meter"), Ident::constant("register")]
+    );
+    let RemoteSource::Query(q) = &dr.remote else {
+        panic!("device_register uses a query")
+    };
+    assert!(q
+        .render(&TenantId::parse("7").unwrap())
+        .contains("r.tenant_id = '7'"));
+    assert_eq!(
+        profile.entity("register").unwrap().on_missing,
+        OnMissing::Delete
+    );
+    assert_eq!(
+        profile.entity("tenant").unwrap().on_missing,
+        OnMissing::Keep
+    );
+    let readings = profile.readings.as_ref().unwrap();
+    assert_eq!(
+        readings.dedupe_key,
+        [
+            Ident::constant("meter_id"),
+            Ident::constant("timestamp"),
+            Ident::constant("unit")
+        ]
+    );
+    assert_eq!(readings.after_upload, AfterUpload::Delete);
+}
+
+#[test]
+fn db_sync_process_profile_loads() {
+    let profile = Profile::parse(DB_SYNC_PROCESS_PROFILE_TOML, "004").unwrap();
+    let names: Vec<&str> = profile.entities.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["tenant", "meters"]);
+    let meters = profile.entity("meters").unwrap();
+    assert_eq!(
+        meters.column("meter_id").unwrap().sql_type.as_str(),
+        "varchar(255)"
+    );
+    assert_eq!(meters.on_missing, OnMissing::Keep);
+}
+
+#[test]
+fn dependency_order_follows_dependencies_not_file_order() {
+    let text = r#"
+[[entity]]
+name = "child"
+key = "id"
+depends_on = ["parent"]
+columns = [{ name = "id", type = "bigint" }]
+
+[[entity]]
+name = "parent"
+key = "id"
+columns = [{ name = "id", type = "bigint" }]
+"#;
+    let profile = Profile::parse(text, "t").unwrap();
+    let names: Vec<&str> = profile.entities.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["parent", "child"]);
+}
+
+#[test]
+fn hostile_and_malformed_identifiers_are_rejected() {
+    assert_rejected(
+        &REGISTER.replace("name = \"register\"", "name = \"meter; drop table x\""),
+        "entity `meter; drop table x` name: `meter; drop table x` is not a plain SQL identifier: character ';' at position 5",
+    );
+    assert_rejected(
+        &REGISTER.replace("key = \"id\"", "key = \"\\\"id\\\"\""),
+        "is not a plain SQL identifier",
+    );
+    assert_rejected(
+        &REGISTER.replace("{ name = \"name\"", "{ name = \"\""),
+        "`` is not a plain SQL identifier: it is empty",
+    );
+    assert_rejected(
+        &REGISTER.replace(
+            "name = \"register\"",
+            "name = \"register\"\ntable = \"Register\"",
+        ),
+        "must start with a lower-case letter",
+    );
+}
+
+#[test]
+fn bad_types_and_defaults_are_rejected() {
+    assert_rejected(
+        &REGISTER.replace("type = \"text\"", "type = \"text; drop table x\""),
+        "is not a column type",
+    );
+    assert_rejected(
+        &REGISTER.replace("type = \"text\"", "type = \"text\", default = \"'x'\""),
+        "default \"'x'\" is not supported",
+    );
+}
+
+#[test]
+fn key_columns_must_be_columns() {
+    assert_rejected(
+        &REGISTER.replace("key = \"id\"", "key = [\"id\", \"nope\"]"),
+        "entity `register`: key column `nope` is not in columns",
+    );
+    assert_rejected(
+        &REGISTER.replace("key = \"id\"", "key = []"),
+        "entity `register`: key is empty",
+    );
+}
+
+#[test]
+fn unknown_references_and_dependencies_are_rejected() {
+    let text = format!(
+        "{REGISTER}\n[[entity]]\nname = \"link\"\nkey = \"rid\"\ncolumns = [{{ name = \"rid\", type = \"bigint\" }}]\n[[entity.references]]\ncolumns = [\"rid\"]\nentity = \"ghost\"\nentity_columns = [\"id\"]\n"
+    );
+    assert_rejected(&text, "entity `link`: depends on unknown entity `ghost`");
+    let text = format!("{REGISTER}\ndepends_on = [\"phantom\"]\n");
+    assert_rejected(
+        &text,
+        "entity `register`: depends on unknown entity `phantom`",
+    );
+    let text = format!(
+        "{REGISTER}\n[[entity]]\nname = \"link\"\nkey = \"rid\"\ncolumns = [{{ name = \"rid\", type = \"bigint\" }}]\n[[entity.references]]\ncolumns = [\"rid\"]\nentity = \"register\"\nentity_columns = [\"missing\"]\n"
+    );
+    assert_rejected(
+        &text,
+        "entity_columns `missing` is not a column of entity `register`",
+    );
+}
+
+#[test]
+fn dependency_cycles_are_rejected_with_the_cycle() {
+    let text = r#"
+[[entity]]
+name = "a"
+key = "id"
+depends_on = ["b"]
+columns = [{ name = "id", type = "bigint" }]
+
+[[entity]]
+name = "b"
+key = "id"
+depends_on = ["c"]
+columns = [{ name = "id", type = "bigint" }]
+
+[[entity]]
+name = "c"
+key = "id"
+depends_on = ["a"]
+columns = [{ name = "id", type = "bigint" }]
+"#;
+    assert_eq!(problems(text), ["dependency cycle: a -> b -> c -> a"]);
+}
+
+#[test]
+fn duplicate_names_and_tables_are_rejected() {
+    assert_rejected(
+        &format!("{REGISTER}{REGISTER}"),
+        "entity name `register` is used twice",
+    );
+    let other = REGISTER.replace(
+        "name = \"register\"",
+        "name = \"other\"\ntable = \"register\"",
+    );
+    assert_rejected(
+        &format!("{REGISTER}{other}"),
+        "table `register` is used by two entities",
+    );
+    assert_rejected(
+        &REGISTER.replace("{ name = \"name\"", "{ name = \"id\""),
+        "column `id` is listed twice",
+    );
+    assert_rejected(
+        &REGISTER.replace(
+            "name = \"register\"",
+            "name = \"register\"\ntable = \"sync_logs\"",
+        ),
+        "reserved",
+    );
+}
+
+#[test]
+fn tenant_scoped_query_without_placeholder_is_rejected() {
+    let text = REGISTER.replace(
+        "name = \"register\"",
+        "name = \"register\"\nremote_query = \"select id, name from register\"",
+    );
+    assert_rejected(
+        &text,
+        "remote_query of a tenant-scoped entity (tenant_column is set) must contain $tenant_id",
+    );
+    let text = REGISTER.replace(
+        "name = \"register\"",
+        "name = \"register\"\nremote_query = \"select 1; delete from register\"",
+    );
+    assert_rejected(&text, "must be a single SELECT");
+    let both = REGISTER.replace(
+        "name = \"register\"",
+        "name = \"register\"\nremote_table = \"r\"\nremote_query = \"select 1\"",
+    );
+    assert_rejected(&both, "give exactly one of remote_table and remote_query");
+}
+
+#[test]
+fn deactivate_needs_a_boolean_column() {
+    let text = REGISTER.replace(
+        "tenant_column",
+        "on_missing = \"deactivate\"\ntenant_column",
+    );
+    assert_rejected(
+        &text,
+        "on_missing = \"deactivate\" needs a boolean column `active`",
+    );
+    assert_rejected(
+        &REGISTER.replace("tenant_column", "on_missing = \"purge\"\ntenant_column"),
+        "on_missing `purge` is not delete, deactivate or keep",
+    );
+}
+
+#[test]
+fn readings_mistakes_are_rejected() {
+    let readings = r#"
+[readings]
+table = "meter_readings"
+dedupe_key = ["meter_id", "nope"]
+order_by = ["timestamp", "id"]
+after_upload = "archive"
+columns = [{ name = "meter_id", type = "text" }, { name = "timestamp", type = "timestamp" }, { name = "is_synchronized", type = "boolean" }]
+"#;
+    let found = problems(readings);
+    let text = found.join("\n");
+    assert!(
+        text.contains("readings: dedupe_key column `nope` is not in columns"),
+        "{text}"
+    );
+    assert!(
+        text.contains("readings: after_upload `archive` is not delete or mark"),
+        "{text}"
+    );
+    assert!(
+        text.contains("readings: column `is_synchronized` is reserved"),
+        "{text}"
+    );
+}
+
+#[test]
+fn syntax_errors_and_unknown_fields_name_the_file() {
+    let err = Profile::parse("[[entity]\nname = 1", "broken.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("profile broken.toml is not valid:"),
+        "{err}"
+    );
+    let err = Profile::parse(
+        &REGISTER.replace("tenant_column", "tenant_colum"),
+        "typo.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("unknown field `tenant_colum`"), "{err}");
+    assert_eq!(
+        problems(""),
+        ["the profile describes no entity and no readings table"]
+    );
+}

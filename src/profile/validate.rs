@@ -1,0 +1,505 @@
+//! Turns a raw profile into validated specs, collecting every problem with its location.
+
+use std::collections::{BTreeMap, HashSet};
+
+use super::raw::{RawColumn, RawEntity, RawProfile, RawReadings, RawReference};
+use super::{
+    AfterUpload, ColumnSpec, DefaultValue, EntitySpec, Ident, IdentError, OnMissing, Profile,
+    ReadingsSpec, Reference, RemoteQuery, RemoteSource, SqlType, TableName, RESERVED_TABLES,
+};
+
+/// One mistake in a profile, naming where it is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Problem {
+    #[error("{at}: `{value}` is not a plain SQL identifier: {reason}")]
+    BadIdent {
+        at: String,
+        value: String,
+        reason: IdentError,
+    },
+    #[error("{at}: `{value}` is not a column type (expected e.g. bigint, text, varchar(255), numeric(12, 3), timestamptz)")]
+    BadType { at: String, value: String },
+    #[error("{at}: default {value} is not supported (use true, false, an integer or \"now()\")")]
+    BadDefault { at: String, value: String },
+    #[error("{at}: has no columns")]
+    NoColumns { at: String },
+    #[error("{at}: column `{column}` is listed twice")]
+    DuplicateColumn { at: String, column: String },
+    #[error("{at}: key is empty")]
+    EmptyKey { at: String },
+    #[error("{at}: {what} column `{column}` is not in columns")]
+    NotAColumn {
+        at: String,
+        what: &'static str,
+        column: String,
+    },
+    #[error("entity `{entity}`: give exactly one of remote_table and remote_query")]
+    RemoteSource { entity: String },
+    #[error("entity `{entity}`: remote_query must be a single SELECT (or WITH ... SELECT) statement without `;`")]
+    BadQuery { entity: String },
+    #[error("entity `{entity}`: remote_query of a tenant-scoped entity (tenant_column is set) must contain $tenant_id")]
+    QueryWithoutTenant { entity: String },
+    #[error("entity `{entity}`: on_missing `{value}` is not delete, deactivate or keep")]
+    BadOnMissing { entity: String, value: String },
+    #[error("entity `{entity}`: on_missing = \"deactivate\" needs a boolean column `{column}` (set active_column)")]
+    DeactivateColumn { entity: String, column: String },
+    #[error("entity name `{name}` is used twice")]
+    DuplicateEntity { name: String },
+    #[error("table `{table}` is used by two entities")]
+    DuplicateTable { table: String },
+    #[error("{at}: table name `{table}` is reserved for the service's own tables")]
+    ReservedTable { at: String, table: String },
+    #[error("entity `{entity}`: depends on unknown entity `{dependency}`")]
+    UnknownEntity { entity: String, dependency: String },
+    #[error("entity `{entity}`: reference to `{target}` has {left} column(s) but {right} entity_column(s)")]
+    ReferenceArity {
+        entity: String,
+        target: String,
+        left: usize,
+        right: usize,
+    },
+    #[error("entity `{entity}`: entity_columns `{column}` is not a column of entity `{target}`")]
+    ReferenceColumn {
+        entity: String,
+        target: String,
+        column: String,
+    },
+    #[error("dependency cycle: {path}")]
+    Cycle { path: String },
+    #[error("readings: after_upload `{value}` is not delete or mark")]
+    BadAfterUpload { value: String },
+    #[error("readings: column `{column}` is reserved for the service's bookkeeping")]
+    ReservedColumn { column: String },
+    #[error("the profile describes no entity and no readings table")]
+    Empty,
+}
+
+/// Collects problems while building specs.
+struct Checker {
+    problems: Vec<Problem>,
+}
+
+impl Checker {
+    fn ident(&mut self, at: impl Into<String>, value: &str) -> Option<Ident> {
+        Ident::parse(value)
+            .map_err(|reason| {
+                self.problems.push(Problem::BadIdent {
+                    at: at.into(),
+                    value: value.to_string(),
+                    reason,
+                })
+            })
+            .ok()
+    }
+
+    fn idents(&mut self, at: &str, values: &[String]) -> Vec<Ident> {
+        values.iter().filter_map(|v| self.ident(at, v)).collect()
+    }
+
+    fn table(&mut self, at: impl Into<String>, value: &str) -> Option<TableName> {
+        let at = at.into();
+        let table = TableName::parse(value)
+            .map_err(|reason| {
+                self.problems.push(Problem::BadIdent {
+                    at: at.clone(),
+                    value: value.to_string(),
+                    reason,
+                })
+            })
+            .ok()?;
+        if RESERVED_TABLES.contains(&table.bare()) {
+            self.problems.push(Problem::ReservedTable {
+                at,
+                table: value.to_string(),
+            });
+        }
+        Some(table)
+    }
+
+    fn columns(&mut self, at: &str, raw: &[RawColumn]) -> Vec<ColumnSpec> {
+        if raw.is_empty() {
+            self.problems
+                .push(Problem::NoColumns { at: at.to_string() });
+        }
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for (i, col) in raw.iter().enumerate() {
+            let col_at = format!("{at} column {} (`{}`)", i + 1, col.name);
+            let name = self.ident(&col_at, &col.name);
+            let sql_type = SqlType::parse(&col.sql_type);
+            if sql_type.is_none() {
+                self.problems.push(Problem::BadType {
+                    at: col_at.clone(),
+                    value: col.sql_type.clone(),
+                });
+            }
+            let default = match &col.default {
+                None => Some(None),
+                Some(toml::Value::Boolean(b)) => Some(Some(DefaultValue::Bool(*b))),
+                Some(toml::Value::Integer(i)) => Some(Some(DefaultValue::Int(*i))),
+                Some(toml::Value::String(s)) if s.eq_ignore_ascii_case("now()") => {
+                    Some(Some(DefaultValue::Now))
+                }
+                Some(other) => {
+                    self.problems.push(Problem::BadDefault {
+                        at: col_at.clone(),
+                        value: other.to_string(),
+                    });
+                    None
+                }
+            };
+            if let Some(name) = &name {
+                if !seen.insert(name.clone()) {
+                    self.problems.push(Problem::DuplicateColumn {
+                        at: at.to_string(),
+                        column: name.to_string(),
+                    });
+                }
+            }
+            if let (Some(name), Some(sql_type), Some(default)) = (name, sql_type, default) {
+                out.push(ColumnSpec {
+                    name,
+                    sql_type,
+                    nullable: col.nullable,
+                    default,
+                });
+            }
+        }
+        out
+    }
+
+    /// Checks that each named column is among `columns`.
+    fn subset(&mut self, at: &str, what: &'static str, names: &[Ident], columns: &[ColumnSpec]) {
+        for name in names {
+            if !columns.iter().any(|c| &c.name == name) {
+                self.problems.push(Problem::NotAColumn {
+                    at: at.to_string(),
+                    what,
+                    column: name.to_string(),
+                });
+            }
+        }
+    }
+
+    fn entity(&mut self, raw: RawEntity) -> Option<(EntitySpec, Vec<RawReference>)> {
+        let at = format!("entity `{}`", raw.name);
+        let name = self.ident(format!("{at} name"), &raw.name)?;
+        let table = self.table(
+            format!("{at} table"),
+            raw.table.as_deref().unwrap_or(&raw.name),
+        );
+        let remote = match (&raw.remote_table, &raw.remote_query) {
+            (Some(t), None) => self
+                .table(format!("{at} remote_table"), t)
+                .map(RemoteSource::Table),
+            (None, Some(q)) => {
+                let trimmed = q.trim().to_ascii_lowercase();
+                let starts = trimmed.starts_with("select") || trimmed.starts_with("with");
+                if !starts || q.contains(';') {
+                    self.problems.push(Problem::BadQuery {
+                        entity: raw.name.clone(),
+                    });
+                    None
+                } else {
+                    Some(RemoteSource::Query(RemoteQuery {
+                        text: q.trim().to_string(),
+                    }))
+                }
+            }
+            (None, None) => self
+                .table(
+                    format!("{at} remote_table"),
+                    raw.table.as_deref().unwrap_or(&raw.name),
+                )
+                .map(RemoteSource::Table),
+            (Some(_), Some(_)) => {
+                self.problems.push(Problem::RemoteSource {
+                    entity: raw.name.clone(),
+                });
+                None
+            }
+        };
+        let columns = self.columns(&at, &raw.columns);
+        let key = self.idents(&format!("{at} key"), &raw.key.into_vec());
+        if key.is_empty() {
+            self.problems.push(Problem::EmptyKey { at: at.clone() });
+        }
+        self.subset(&at, "key", &key, &columns);
+        let tenant_column = raw
+            .tenant_column
+            .as_deref()
+            .and_then(|t| self.ident(format!("{at} tenant_column"), t));
+        if let (Some(_), Some(RemoteSource::Query(q))) = (&tenant_column, &remote) {
+            if !q.uses_tenant() {
+                self.problems.push(Problem::QueryWithoutTenant {
+                    entity: raw.name.clone(),
+                });
+            }
+        }
+        let on_missing = match raw.on_missing.as_deref().unwrap_or("delete") {
+            "delete" => Some(OnMissing::Delete),
+            "keep" => Some(OnMissing::Keep),
+            "deactivate" => {
+                let column_name = raw.active_column.as_deref().unwrap_or("active");
+                let column = self.ident(format!("{at} active_column"), column_name)?;
+                let is_bool = columns
+                    .iter()
+                    .any(|c| c.name == column && matches!(c.sql_type.as_str(), "boolean" | "bool"));
+                if !is_bool || key.contains(&column) {
+                    self.problems.push(Problem::DeactivateColumn {
+                        entity: raw.name.clone(),
+                        column: column_name.to_string(),
+                    });
+                }
+                Some(OnMissing::Deactivate { column })
+            }
+            other => {
+                self.problems.push(Problem::BadOnMissing {
+                    entity: raw.name.clone(),
+                    value: other.to_string(),
+                });
+                None
+            }
+        };
+        let depends_on = self.idents(&format!("{at} depends_on"), &raw.depends_on);
+        Some((
+            EntitySpec {
+                name,
+                table: table?,
+                remote: remote?,
+                key,
+                columns,
+                tenant_column,
+                on_missing: on_missing?,
+                depends_on,
+                references: Vec::new(),
+            },
+            raw.references,
+        ))
+    }
+
+    /// Resolves references against the other entities and adds them as dependencies.
+    fn references(
+        &mut self,
+        entity: &mut EntitySpec,
+        raw: Vec<RawReference>,
+        all: &BTreeMap<Ident, Vec<ColumnSpec>>,
+    ) {
+        let at = format!("entity `{}` reference", entity.name);
+        for reference in raw {
+            let columns = self.idents(&at, &reference.columns.into_vec());
+            let target_columns = self.idents(&at, &reference.entity_columns.into_vec());
+            let Some(target) = self.ident(&at, &reference.entity) else {
+                continue;
+            };
+            self.subset(&at, "reference", &columns, &entity.columns);
+            let Some(target_spec) = all.get(&target) else {
+                self.problems.push(Problem::UnknownEntity {
+                    entity: entity.name.to_string(),
+                    dependency: target.to_string(),
+                });
+                continue;
+            };
+            for column in &target_columns {
+                if !target_spec.iter().any(|c| &c.name == column) {
+                    self.problems.push(Problem::ReferenceColumn {
+                        entity: entity.name.to_string(),
+                        target: target.to_string(),
+                        column: column.to_string(),
+                    });
+                }
+            }
+            if columns.len() != target_columns.len() || columns.is_empty() {
+                self.problems.push(Problem::ReferenceArity {
+                    entity: entity.name.to_string(),
+                    target: target.to_string(),
+                    left: columns.len(),
+                    right: target_columns.len(),
+                });
+            }
+            if !entity.depends_on.contains(&target) {
+                entity.depends_on.push(target.clone());
+            }
+            entity.references.push(Reference {
+                columns,
+                entity: target,
+                entity_columns: target_columns,
+            });
+        }
+    }
+
+    fn readings(&mut self, raw: RawReadings) -> Option<ReadingsSpec> {
+        let at = "readings";
+        let table = self.table("readings table", &raw.table);
+        let remote_table = self.table(
+            "readings remote_table",
+            raw.remote_table.as_deref().unwrap_or(&raw.table),
+        );
+        let id_column = self.ident(
+            "readings id_column",
+            raw.id_column.as_deref().unwrap_or("id"),
+        );
+        let columns = self.columns(at, &raw.columns);
+        for column in &columns {
+            let name = column.name.as_str();
+            if super::ReadingsSpec::LOCAL_COLUMNS.contains(&name)
+                || Some(&column.name) == id_column.as_ref()
+            {
+                self.problems.push(Problem::ReservedColumn {
+                    column: name.to_string(),
+                });
+            }
+        }
+        let order_by = raw
+            .order_by
+            .map(|o| o.into_vec())
+            .unwrap_or_else(|| vec!["timestamp".into(), "id".into()]);
+        let order_by = self.idents("readings order_by", &order_by);
+        let orderable: Vec<Ident> = order_by
+            .iter()
+            .filter(|o| Some(*o) != id_column.as_ref())
+            .cloned()
+            .collect();
+        self.subset(at, "order_by", &orderable, &columns);
+        let dedupe = raw
+            .dedupe_key
+            .map(|d| d.into_vec())
+            .unwrap_or_else(|| vec!["meter_id".into(), "timestamp".into(), "unit".into()]);
+        let dedupe_key = self.idents("readings dedupe_key", &dedupe);
+        if dedupe_key.is_empty() {
+            self.problems.push(Problem::EmptyKey {
+                at: "readings dedupe_key".into(),
+            });
+        }
+        self.subset(at, "dedupe_key", &dedupe_key, &columns);
+        let after_upload = match raw.after_upload.as_deref().unwrap_or("delete") {
+            "delete" => Some(AfterUpload::Delete),
+            "mark" => Some(AfterUpload::Mark),
+            other => {
+                self.problems.push(Problem::BadAfterUpload {
+                    value: other.to_string(),
+                });
+                None
+            }
+        };
+        Some(ReadingsSpec {
+            table: table?,
+            remote_table: remote_table?,
+            id_column: id_column?,
+            columns,
+            order_by,
+            dedupe_key,
+            after_upload: after_upload?,
+        })
+    }
+}
+
+/// Validates a raw profile; on success the entities are in dependency order.
+pub fn validate(raw: RawProfile, origin: &str) -> Result<Profile, Vec<Problem>> {
+    let mut c = Checker {
+        problems: Vec::new(),
+    };
+    if raw.entities.is_empty() && raw.readings.is_none() {
+        return Err(vec![Problem::Empty]);
+    }
+    let mut entities = Vec::new();
+    let mut names = HashSet::new();
+    let mut tables = HashSet::new();
+    for raw_entity in raw.entities {
+        let Some((spec, refs)) = c.entity(raw_entity) else {
+            continue;
+        };
+        if !names.insert(spec.name.clone()) {
+            c.problems.push(Problem::DuplicateEntity {
+                name: spec.name.to_string(),
+            });
+        }
+        if !tables.insert(spec.table.clone()) {
+            c.problems.push(Problem::DuplicateTable {
+                table: spec.table.to_string(),
+            });
+        }
+        entities.push((spec, refs));
+    }
+    let columns_by_name: BTreeMap<Ident, Vec<ColumnSpec>> = entities
+        .iter()
+        .map(|(e, _)| (e.name.clone(), e.columns.clone()))
+        .collect();
+    let mut specs = Vec::with_capacity(entities.len());
+    for (mut spec, refs) in entities {
+        c.references(&mut spec, refs, &columns_by_name);
+        for dep in &spec.depends_on {
+            if !columns_by_name.contains_key(dep) {
+                c.problems.push(Problem::UnknownEntity {
+                    entity: spec.name.to_string(),
+                    dependency: dep.to_string(),
+                });
+            }
+        }
+        specs.push(spec);
+    }
+    let readings = raw.readings.and_then(|r| c.readings(r));
+    if let Some(r) = &readings {
+        if tables.contains(&r.table) {
+            c.problems.push(Problem::DuplicateTable {
+                table: r.table.to_string(),
+            });
+        }
+    }
+    if !c.problems.is_empty() {
+        return Err(c.problems);
+    }
+    let entities = dependency_order(specs).map_err(|path| vec![Problem::Cycle { path }])?;
+    Ok(Profile {
+        origin: origin.to_string(),
+        entities,
+        readings,
+    })
+}
+
+/// Orders entities so each comes after what it depends on, keeping declaration order where
+/// free; a cycle is returned as `a -> b -> a`.
+fn dependency_order(specs: Vec<EntitySpec>) -> Result<Vec<EntitySpec>, String> {
+    let mut remaining = specs;
+    let mut ordered: Vec<EntitySpec> = Vec::with_capacity(remaining.len());
+    while !remaining.is_empty() {
+        let ready = remaining.iter().position(|e| {
+            e.depends_on
+                .iter()
+                .all(|d| ordered.iter().any(|o| &o.name == d))
+        });
+        match ready {
+            Some(i) => ordered.push(remaining.remove(i)),
+            None => return Err(find_cycle(&remaining)),
+        }
+    }
+    Ok(ordered)
+}
+
+/// Walks dependencies among the blocked entities until one repeats.
+fn find_cycle(blocked: &[EntitySpec]) -> String {
+    let mut path: Vec<&Ident> = Vec::new();
+    let mut current = &blocked[0];
+    loop {
+        if let Some(start) = path.iter().position(|n| **n == current.name) {
+            let mut cycle: Vec<String> = path[start..].iter().map(|n| n.to_string()).collect();
+            cycle.push(current.name.to_string());
+            return cycle.join(" -> ");
+        }
+        path.push(&current.name);
+        let next = current
+            .depends_on
+            .iter()
+            .find_map(|d| blocked.iter().find(|e| &e.name == d));
+        match next {
+            Some(next) => current = next,
+            None => {
+                return path
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" -> ")
+            }
+        }
+    }
+}

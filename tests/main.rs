@@ -1,0 +1,10 @@
+//! Integration tests against real PostgreSQL (throwaway clusters; see `support`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+mod check;
+mod cluster;
+mod fixture;
+mod migrate;

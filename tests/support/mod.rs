@@ -1,0 +1,243 @@
+//! The test harness: one "local" and one "remote" throwaway cluster per test process, started
+//! on first use; every test gets a fresh database on each, dropped when the test passes and
+//! kept (its name printed) when it fails. Set `METER_SYNC_KEEP_CLUSTERS=1` to keep the
+//! clusters too, for inspecting a failure with psql.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+
+use meter_sync::config::{Config, Sources};
+use meter_sync::fixture::{self, FixtureSize, Layout};
+use meter_sync::pgcluster::{ClusterOptions, PgCluster};
+use meter_sync::profile::Profile;
+
+/// The two shared clusters.
+pub struct Clusters {
+    pub local: PgCluster,
+    pub remote: PgCluster,
+}
+
+static CLUSTERS: OnceLock<Clusters> = OnceLock::new();
+
+/// The shared clusters, started on first use.
+pub fn clusters() -> &'static Clusters {
+    CLUSTERS.get_or_init(|| {
+        let keep = std::env::var_os("METER_SYNC_KEEP_CLUSTERS").is_some();
+        let start = |label: &str| {
+            PgCluster::start(&ClusterOptions {
+                label: format!("test-{label}"),
+                keep,
+                ..ClusterOptions::default()
+            })
+            .unwrap_or_else(|e| panic!("cannot start the {label} test cluster: {e}"))
+        };
+        let (local, remote) = std::thread::scope(|s| {
+            let local = s.spawn(|| start("local"));
+            let remote = s.spawn(|| start("remote"));
+            (local.join().unwrap(), remote.join().unwrap())
+        });
+        Clusters { local, remote }
+    })
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A database created for one test.
+pub struct TestDb {
+    pub cluster: &'static PgCluster,
+    pub name: String,
+}
+
+impl TestDb {
+    /// Creates a uniquely named database on `cluster`.
+    pub async fn create(cluster: &'static PgCluster, label: &str) -> Self {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let clean: String = label
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
+            .take(40)
+            .collect();
+        let name = format!("t_{clean}_{}_{n}", std::process::id());
+        let admin = connect(cluster, "postgres").await;
+        admin
+            .batch_execute(&format!("create database \"{name}\""))
+            .await
+            .unwrap();
+        Self { cluster, name }
+    }
+
+    /// A new connection to this database.
+    pub async fn client(&self) -> tokio_postgres::Client {
+        connect(self.cluster, &self.name).await
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "test failed: keeping database {} on 127.0.0.1:{} (METER_SYNC_KEEP_CLUSTERS=1 keeps the cluster too)",
+                self.name,
+                self.cluster.port()
+            );
+            return;
+        }
+        let config = self.cluster.connect_config("postgres");
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime, which must not block; use a thread of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                if let Ok((client, conn)) = config.connect(tokio_postgres::NoTls).await {
+                    tokio::spawn(conn);
+                    let _ = client
+                        .batch_execute(&format!("drop database if exists \"{name}\" with (force)"))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Connects to a database of a cluster as the superuser.
+pub async fn connect(cluster: &PgCluster, dbname: &str) -> tokio_postgres::Client {
+    let (client, conn) = cluster
+        .connect_config(dbname)
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {dbname} on port {}: {e}", cluster.port()));
+    tokio::spawn(conn);
+    client
+}
+
+/// A fresh local and remote database and a configuration pointing at them.
+pub struct TestEnv {
+    pub local: TestDb,
+    pub remote: TestDb,
+    pub config: Config,
+}
+
+impl TestEnv {
+    /// Fresh databases; the configuration uses fast retries so failure tests stay quick.
+    pub async fn new(label: &str) -> Self {
+        Self::with_settings(label, &[]).await
+    }
+
+    /// Fresh databases with extra configuration keys.
+    pub async fn with_settings(label: &str, extra: &[(&str, &str)]) -> Self {
+        let c = clusters();
+        let local = TestDb::create(&c.local, &format!("{label}_l")).await;
+        let remote = TestDb::create(&c.remote, &format!("{label}_r")).await;
+        let config = Config::load(&Sources {
+            env: env_for(&local, &remote, extra),
+            ..Sources::default()
+        })
+        .unwrap();
+        Self {
+            local,
+            remote,
+            config,
+        }
+    }
+
+    /// The environment a child `meter-sync` process needs to reach these databases.
+    pub fn env(&self, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+        env_for(&self.local, &self.remote, extra)
+    }
+}
+
+fn env_for(local: &TestDb, remote: &TestDb, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = vec![
+        ("POSTGRES_SYNC_HOST".into(), "127.0.0.1".into()),
+        (
+            "POSTGRES_SYNC_PORT".into(),
+            local.cluster.port().to_string(),
+        ),
+        ("POSTGRES_SYNC_DB".into(), local.name.clone()),
+        ("POSTGRES_SYNC_SSLMODE".into(), "disable".into()),
+        ("POSTGRES_CLIENT_HOST".into(), "127.0.0.1".into()),
+        (
+            "POSTGRES_CLIENT_PORT".into(),
+            remote.cluster.port().to_string(),
+        ),
+        ("POSTGRES_CLIENT_DB".into(), remote.name.clone()),
+        ("POSTGRES_CLIENT_SSLMODE".into(), "disable".into()),
+        ("RETRY_BASE_SECONDS".into(), "0.01".into()),
+        ("DB_CONNECTION_TIMEOUT_MS".into(), "2000".into()),
+    ];
+    for (k, v) in extra {
+        env.retain(|(key, _)| key != k);
+        env.push((k.to_string(), v.to_string()));
+    }
+    env
+}
+
+/// Creates the remote schema of `layout` and fills it.
+pub async fn load_remote_fixture(remote: &TestDb, layout: Layout, size: FixtureSize) {
+    let client = remote.client().await;
+    fixture::load_remote(&client, layout, size).await.unwrap();
+}
+
+/// Migrates the local database for `profile`.
+pub async fn migrate_local(local: &TestDb, profile: &Profile) -> meter_sync::schema::MigrateReport {
+    let mut client = local.client().await;
+    meter_sync::schema::migrate(&mut client, profile)
+        .await
+        .unwrap()
+}
+
+/// A checksum of a table's whole content, independent of physical row order.
+pub async fn table_checksum(client: &tokio_postgres::Client, table: &str) -> String {
+    let quoted = meter_sync::profile::quote_ident(table);
+    client
+        .query_one(
+            &format!("select coalesce(md5(string_agg(x::text, E'\\n' order by x::text)), 'empty') from {quoted} x"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Checksums of every user table of a database, by name: a snapshot that proves a database
+/// unchanged.
+pub async fn database_checksum(client: &tokio_postgres::Client) -> Vec<(String, String)> {
+    let tables: Vec<String> = client
+        .query(
+            "select tablename::text from pg_tables where schemaname = 'public' order by 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut out = Vec::new();
+    for table in tables {
+        let sum = table_checksum(client, &table).await;
+        out.push((table, sum));
+    }
+    out
+}
+
+/// A row count.
+pub async fn count(client: &tokio_postgres::Client, table: &str) -> i64 {
+    let quoted = meter_sync::profile::quote_ident(table);
+    client
+        .query_one(&format!("select count(*) from {quoted}"), &[])
+        .await
+        .unwrap()
+        .get(0)
+}
