@@ -9,7 +9,8 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 
 use crate::config::{Config, RawSettings, Sources};
-use crate::pg::{self, Backoff};
+use crate::download::{self, DownloadReport, DownloadRequest};
+use crate::pg::{self, Backoff, Pools};
 use crate::profile::Profile;
 use crate::schema;
 
@@ -50,6 +51,16 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Mirror the configuration tables from the remote now (all entities, or those named),
+    /// print a per-entity table (or JSON). Exit 0 when every entity succeeded, 1 otherwise.
+    Download {
+        /// Sync only this entity (repeatable); dependencies are not added implicitly.
+        #[arg(long = "entity", value_name = "NAME")]
+        entities: Vec<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Create or complete the local schema of the active profile (tables, readings queue
     /// index, sync_logs, meter_sync_log view). Idempotent; never touches the remote.
     Migrate {
@@ -75,22 +86,24 @@ fn load(cli: &Cli) -> Result<(RawSettings, Config, Profile), ExitCode> {
     Ok((raw, config, profile))
 }
 
-fn usage_error(error: impl std::error::Error) -> ExitCode {
+fn usage_error(error: impl std::error::Error + 'static) -> ExitCode {
     eprintln!("meter-sync: {}", chain(&error));
     ExitCode::from(EXIT_USAGE)
 }
 
-/// An error and its causes on one line.
-pub fn chain(error: &dyn std::error::Error) -> String {
+/// An error and its causes on one line. A [`PgError`](pg::PgError) already describes its
+/// driver cause, so the walk stops there.
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        let cause = e.to_string();
+    let mut current = error;
+    while !current.is::<pg::PgError>() {
+        let Some(next) = current.source() else { break };
+        let cause = next.to_string();
         if !text.contains(&cause) {
             text.push_str(": ");
             text.push_str(&cause);
         }
-        source = e.source();
+        current = next;
     }
     text
 }
@@ -112,6 +125,7 @@ pub async fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Check { json } => check(&raw, &config, &profile, json).await,
         Command::Migrate { json } => migrate(&config, &profile, json).await,
+        Command::Download { entities, json } => download(&config, &profile, &entities, json).await,
     }
 }
 
@@ -239,5 +253,81 @@ async fn migrate(config: &Config, profile: &Profile, json: bool) -> ExitCode {
             eprintln!("meter-sync: migrate failed: {}", chain(&e));
             ExitCode::from(EXIT_FAILED)
         }
+    }
+}
+
+async fn download(config: &Config, profile: &Profile, entities: &[String], json: bool) -> ExitCode {
+    if let Some(unknown) = entities.iter().find(|n| profile.entity(n).is_none()) {
+        let known: Vec<String> = profile
+            .entities
+            .iter()
+            .map(|e| e.name.to_string())
+            .collect();
+        eprintln!(
+            "meter-sync: unknown entity `{unknown}`; the profile has: {}",
+            known.join(", ")
+        );
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let pools = match Pools::new(config) {
+        Ok(pools) => pools,
+        Err(e) => return usage_error(e),
+    };
+    let report = download::run(
+        &pools,
+        DownloadRequest {
+            profile,
+            tenant: config.tenant_id.as_ref(),
+            only: entities,
+            backoff: Backoff::connection(&config.retry),
+        },
+    )
+    .await;
+    if json {
+        let mut value = serde_json::to_value(&report).unwrap_or_default();
+        value["success"] = report.success().into();
+        value["sync_result"] = report.sync_result();
+        println!("{value:#}");
+    } else {
+        print_download(&report);
+    }
+    ExitCode::from(if report.success() {
+        EXIT_OK
+    } else {
+        EXIT_FAILED
+    })
+}
+
+/// The human-readable download table.
+pub fn print_download(report: &DownloadReport) {
+    let tenant = report.tenant.as_deref().unwrap_or("?");
+    let verdict = if report.success() { "ok" } else { "FAILED" };
+    println!(
+        "download for tenant {tenant}: {verdict} in {} ms",
+        report.duration_ms
+    );
+    if let Some(error) = &report.error {
+        println!("error: {error}");
+    }
+    println!(
+        "{:<20} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}  result",
+        "entity", "fetched", "inserted", "updated", "deleted", "skipped", "duration"
+    );
+    for e in &report.entities {
+        let result = match &e.error {
+            None => "ok".to_string(),
+            Some(error) => format!("FAILED: {error}"),
+        };
+        let deleted = match e.on_missing {
+            "deactivate" => format!("{}*", e.deleted),
+            _ => e.deleted.to_string(),
+        };
+        println!(
+            "{:<20} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} ms  {result}",
+            e.entity, e.fetched, e.inserted, e.updated, deleted, e.skipped, e.duration_ms
+        );
+    }
+    if report.entities.iter().any(|e| e.on_missing == "deactivate") {
+        println!("* deactivated (active = false) rather than deleted");
     }
 }

@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod config;
 pub mod cron;
+pub mod download;
 pub mod fixture;
 pub mod logging;
 pub mod pg;
@@ -13,3 +14,4 @@ pub mod pgcluster;
 pub mod profile;
 pub mod schema;
 pub mod sql;
+pub mod synclog;

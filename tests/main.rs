@@ -6,5 +6,6 @@ mod support;
 
 mod check;
 mod cluster;
+mod download;
 mod fixture;
 mod migrate;

@@ -106,12 +106,13 @@ pub fn is_retryable(error: &tokio_postgres::Error) -> bool {
     false
 }
 
-/// A one-line description: the server's message (with detail and where it points), or the
-/// I/O cause, never a statement's bound values.
+/// A one-line description: the server's message (with the offending key and where it
+/// points), or the I/O cause. Never row values: a detail is kept only when it names a key
+/// (`Key (id)=(5) already exists`), not `Failing row contains (...)`.
 pub fn describe(error: &tokio_postgres::Error) -> String {
     if let Some(db) = error.as_db_error() {
         let mut text = format!("{} ({})", db.message(), db.code().code());
-        if let Some(detail) = db.detail() {
+        if let Some(detail) = db.detail().filter(|d| d.starts_with("Key (")) {
             text.push_str(&format!("; {detail}"));
         }
         for (what, value) in [

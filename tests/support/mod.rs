@@ -241,3 +241,59 @@ pub async fn count(client: &tokio_postgres::Client, table: &str) -> i64 {
         .unwrap()
         .get(0)
 }
+
+/// Pools for the service pointing at a test environment.
+pub fn pools(env: &TestEnv) -> meter_sync::pg::Pools {
+    meter_sync::pg::Pools::new(&env.config).unwrap()
+}
+
+/// Runs one download of all entities (or `only`) with the environment's configuration.
+pub async fn download(
+    env: &TestEnv,
+    profile: &Profile,
+    tenant: Option<&str>,
+    only: &[&str],
+) -> meter_sync::download::DownloadReport {
+    let tenant = tenant.map(|t| meter_sync::profile::TenantId::parse(t).unwrap());
+    let only: Vec<String> = only.iter().map(|s| s.to_string()).collect();
+    meter_sync::download::run(
+        &pools(env),
+        meter_sync::download::DownloadRequest {
+            profile,
+            tenant: tenant.as_ref(),
+            only: &only,
+            backoff: meter_sync::pg::Backoff::connection(&env.config.retry),
+        },
+    )
+    .await
+}
+
+/// Rows of a query as their text form, in the query's order.
+pub async fn rows_text(client: &tokio_postgres::Client, query: &str) -> Vec<String> {
+    client
+        .query(&format!("select x::text from ({query}) x"), &[])
+        .await
+        .unwrap_or_else(|e| panic!("{query}: {e}"))
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// A test environment with the default remote fixture and a migrated local database.
+pub async fn default_env(label: &str) -> (TestEnv, Profile) {
+    let env = TestEnv::new(label).await;
+    load_remote_fixture(&env.remote, Layout::Default, FixtureSize::default()).await;
+    let profile = Profile::builtin_default().unwrap();
+    migrate_local(&env.local, &profile).await;
+    (env, profile)
+}
+
+/// Test case count for property tests against the databases: `PROPTEST_CASES` or `default`.
+pub fn proptest_config(default: u32) -> proptest::test_runner::Config {
+    let mut config = proptest::test_runner::Config::default();
+    if std::env::var_os("PROPTEST_CASES").is_none() {
+        config.cases = default;
+    }
+    config.failure_persistence = None;
+    config
+}

@@ -3,6 +3,10 @@
 //! [`Ident::quoted`]), values are bound parameters or [`TenantId::literal`]s. No other module
 //! formats SQL from data.
 
+mod download;
+
+pub use download::*;
+
 use crate::profile::{
     ColumnSpec, DefaultValue, EntitySpec, Ident, ReadingsSpec, SqlType, TableName,
 };
