@@ -14,4 +14,5 @@ pub mod pgcluster;
 pub mod profile;
 pub mod schema;
 pub mod sql;
+pub mod status;
 pub mod synclog;

@@ -7,5 +7,6 @@ mod support;
 mod check;
 mod cluster;
 mod download;
+mod download_props;
 mod fixture;
 mod migrate;

@@ -269,6 +269,18 @@ pub fn count_rows(table: &crate::profile::TableName) -> String {
     format!("select count(*) from {}", table.quoted())
 }
 
+/// `select count(*)` of a table's rows whose `active` column is true (all rows without one).
+pub fn count_active(table: &crate::profile::TableName, active: Option<&Ident>) -> String {
+    match active {
+        Some(column) => format!(
+            "select count(*) from {} where {}",
+            table.quoted(),
+            column.quoted()
+        ),
+        None => count_rows(table),
+    }
+}
+
 /// Drops the stage (it would be dropped at commit anyway; this frees it for the next entity).
 pub fn drop_stage(entity: &EntitySpec) -> String {
     format!("drop table if exists {}", stage_name(entity))

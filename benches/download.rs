@@ -1,0 +1,174 @@
+//! Download benchmark: `cargo bench --bench download`.
+//!
+//! Starts its own clusters, fills a remote `meter` table with `BENCH_ROWS` rows (default
+//! 1,000,000) for the site's tenant (plus as many for another tenant), and prints: the raw
+//! `COPY ... TO STDOUT | COPY ... FROM STDIN` pipe time between the same clusters, the cold
+//! mirror, a no-change resync and a 1%-changed resync, with rows/s and ratios, and the peak RSS
+//! of this process at 100,000 rows and at `BENCH_ROWS`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "support.rs"]
+mod support;
+
+use std::pin::pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use meter_sync::download::{self, DownloadRequest};
+use meter_sync::fixture::{self, FixtureSize, Layout};
+use meter_sync::pg::{Backoff, Pools};
+use meter_sync::pgcluster::PgCluster;
+use meter_sync::profile::{Profile, TenantId};
+use support::*;
+
+const METER_COLUMNS: &str = "id, meter_element_id, device_id, name, type, serial_number, installation_date, location_id, ip, port, protocol, status, register_map, element, notes, active, created_at, updated_at";
+
+struct Sites<'a> {
+    local: &'a PgCluster,
+    remote: &'a PgCluster,
+    profile: Profile,
+}
+
+/// One remote and one local database holding `rows` meters for tenant 1 (and as many for 2).
+async fn prepare(sites: &Sites<'_>, name: &str, rows: i64) -> Pools {
+    create_db(sites.remote, name).await;
+    create_db(sites.local, name).await;
+    let remote = connect(sites.remote, name).await;
+    let size = FixtureSize {
+        tenants: 2,
+        meters_per_tenant: rows,
+        elements_per_meter: 1,
+        registers_per_tenant: 10,
+        registers_per_device: 0,
+    };
+    fixture::load_remote(&remote, Layout::Default, size)
+        .await
+        .unwrap();
+    remote.batch_execute("vacuum analyze").await.unwrap();
+    let mut local = connect(sites.local, name).await;
+    meter_sync::schema::migrate(&mut local, &sites.profile)
+        .await
+        .unwrap();
+    Pools::new(&config(sites.local, name, sites.remote, name, &[])).unwrap()
+}
+
+async fn mirror(pools: &Pools, profile: &Profile) -> (download::DownloadReport, Duration) {
+    let tenant = TenantId::parse("1").unwrap();
+    let only = ["tenant".to_string(), "meter".to_string()];
+    let (report, took) = timed(download::run(
+        pools,
+        DownloadRequest {
+            profile,
+            tenant: Some(&tenant),
+            only: &only,
+            backoff: Backoff {
+                max_retries: 0,
+                base: Duration::ZERO,
+            },
+        },
+    ))
+    .await;
+    assert!(report.success(), "{:?}", report.first_error());
+    (report, took)
+}
+
+/// The baseline: the same rows piped with COPY into an unindexed table of the same columns.
+async fn raw_pipe(sites: &Sites<'_>, name: &str) -> (u64, Duration) {
+    let remote = connect(sites.remote, name).await;
+    let local = connect(sites.local, name).await;
+    local
+        .batch_execute(&format!(
+            "create table pipe_target as select {METER_COLUMNS} from meter with no data"
+        ))
+        .await
+        .unwrap();
+    timed(async {
+        let stream = remote
+            .copy_out(&format!("copy (select {METER_COLUMNS} from meter where tenant_id = '1') to stdout (format binary)"))
+            .await
+            .unwrap();
+        let sink = local
+            .copy_in::<_, Bytes>(&format!("copy pipe_target ({METER_COLUMNS}) from stdin (format binary)"))
+            .await
+            .unwrap();
+        let mut stream = pin!(stream);
+        let mut sink = pin!(sink);
+        while let Some(chunk) = stream.next().await {
+            sink.as_mut().feed(chunk.unwrap()).await.unwrap();
+        }
+        sink.as_mut().finish().await.unwrap()
+    })
+    .await
+}
+
+fn main() {
+    let rows = env_rows("BENCH_ROWS", 1_000_000);
+    let small = env_rows("BENCH_SMALL_ROWS", 100_000).min(rows);
+    let (local, remote) = clusters();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let sites = Sites {
+            local: &local,
+            remote: &remote,
+            profile: Profile::builtin_default().unwrap(),
+        };
+        let version: String = connect(&local, "postgres").await.query_one("show server_version", &[]).await.unwrap().get(0);
+        println!("download benchmark: meter table, {rows} rows for the site's tenant (+{rows} for another), PostgreSQL {version}, fsync off, 2 clusters on one machine");
+
+        // Peak RSS at the small size first (the counter is reset before each phase).
+        let pools = prepare(&sites, "small", small).await;
+        reset_peak_rss();
+        let (report, took) = mirror(&pools, &sites.profile).await;
+        let rss_small = peak_rss_mib();
+        println!("cold mirror at {small} rows: {} ({}), peak RSS {rss_small:.1} MiB", secs(took), rate(report.entity("meter").unwrap().inserted as i64, took));
+
+        let pools = prepare(&sites, "large", rows).await;
+        let (piped, pipe_time) = raw_pipe(&sites, "large").await;
+        assert_eq!(piped as i64, rows);
+        println!("raw pipe (COPY TO STDOUT | COPY FROM STDIN, binary): {} ({})", secs(pipe_time), rate(rows, pipe_time));
+
+        reset_peak_rss();
+        let (report, cold) = mirror(&pools, &sites.profile).await;
+        let rss_large = peak_rss_mib();
+        assert_eq!(report.entity("meter").unwrap().inserted as i64, rows);
+        println!(
+            "cold mirror: {} ({}), {:.2}x the raw pipe [target <= 1.5x], peak RSS {rss_large:.1} MiB",
+            secs(cold),
+            rate(rows, cold),
+            cold.as_secs_f64() / pipe_time.as_secs_f64()
+        );
+
+        let (report, same) = mirror(&pools, &sites.profile).await;
+        let meter = report.entity("meter").unwrap();
+        assert_eq!((meter.inserted, meter.updated, meter.deleted), (0, 0, 0));
+        println!(
+            "no-change resync: {} ({}), {:.2}x the cold mirror [target <= 0.5x]",
+            secs(same),
+            rate(rows, same),
+            same.as_secs_f64() / cold.as_secs_f64()
+        );
+
+        let remote_client = connect(&remote, "large").await;
+        let changed = remote_client
+            .execute("update meter set name = name || ' (renamed)', updated_at = updated_at + interval '1 day' where tenant_id = 1 and id % 100 = 0", &[])
+            .await
+            .unwrap();
+        let (report, one_pct) = mirror(&pools, &sites.profile).await;
+        assert_eq!(report.entity("meter").unwrap().updated, changed);
+        println!(
+            "1%-changed resync ({changed} rows updated): {} ({}), {:.2}x the cold mirror",
+            secs(one_pct),
+            rate(rows, one_pct),
+            one_pct.as_secs_f64() / cold.as_secs_f64()
+        );
+        println!(
+            "peak RSS: {rss_small:.1} MiB at {small} rows, {rss_large:.1} MiB at {rows} rows ({:+.0}%) [target <= 64 MiB, within 20%]",
+            (rss_large / rss_small - 1.0) * 100.0
+        );
+    });
+}

@@ -1,0 +1,111 @@
+//! Shared plumbing of the benchmark programs: clusters, connections, timing, peak RSS.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use meter_sync::config::{Config, Sources};
+use meter_sync::pgcluster::{ClusterOptions, PgCluster};
+
+/// Starts the benchmark's "local" and "remote" clusters (fsync off, as in the tests: the
+/// figures compare the engine with a baseline on the same clusters).
+pub fn clusters() -> (PgCluster, PgCluster) {
+    let start = |label: &str| {
+        PgCluster::start(&ClusterOptions {
+            label: format!("bench-{label}"),
+            ..ClusterOptions::default()
+        })
+        .unwrap_or_else(|e| panic!("cannot start the {label} cluster: {e}"))
+    };
+    std::thread::scope(|s| {
+        let local = s.spawn(|| start("local"));
+        let remote = s.spawn(|| start("remote"));
+        (local.join().unwrap(), remote.join().unwrap())
+    })
+}
+
+/// A connection to a database of a cluster.
+pub async fn connect(cluster: &PgCluster, db: &str) -> tokio_postgres::Client {
+    let (client, conn) = cluster
+        .connect_config(db)
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+/// Creates a database.
+pub async fn create_db(cluster: &PgCluster, name: &str) {
+    connect(cluster, "postgres")
+        .await
+        .batch_execute(&format!("create database {name}"))
+        .await
+        .unwrap();
+}
+
+/// The service configuration for a local and a remote database.
+pub fn config(
+    local: &PgCluster,
+    local_db: &str,
+    remote: &PgCluster,
+    remote_db: &str,
+    extra: &[(&str, &str)],
+) -> Config {
+    let mut env: Vec<(String, String)> = vec![
+        ("POSTGRES_SYNC_HOST".into(), "127.0.0.1".into()),
+        ("POSTGRES_SYNC_PORT".into(), local.port().to_string()),
+        ("POSTGRES_SYNC_DB".into(), local_db.into()),
+        ("POSTGRES_SYNC_SSLMODE".into(), "disable".into()),
+        ("POSTGRES_CLIENT_HOST".into(), "127.0.0.1".into()),
+        ("POSTGRES_CLIENT_PORT".into(), remote.port().to_string()),
+        ("POSTGRES_CLIENT_DB".into(), remote_db.into()),
+        ("POSTGRES_CLIENT_SSLMODE".into(), "disable".into()),
+    ];
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    Config::load(&Sources {
+        env,
+        ..Sources::default()
+    })
+    .unwrap()
+}
+
+/// Times an async block.
+pub async fn timed<T>(f: impl std::future::Future<Output = T>) -> (T, Duration) {
+    let start = Instant::now();
+    let value = f.await;
+    (value, start.elapsed())
+}
+
+/// Resets this process's peak resident set size (Linux `clear_refs` 5).
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// This process's peak resident set size since the last reset, in MiB.
+pub fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// A row count from an environment variable, or the default.
+pub fn env_rows(name: &str, default: i64) -> i64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.replace('_', "").parse().ok())
+        .unwrap_or(default)
+}
+
+/// `12.34 s`.
+pub fn secs(d: Duration) -> String {
+    format!("{:.2} s", d.as_secs_f64())
+}
+
+/// Rows per second.
+pub fn rate(rows: i64, d: Duration) -> String {
+    format!("{:.0} rows/s", rows as f64 / d.as_secs_f64())
+}
