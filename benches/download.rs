@@ -67,6 +67,7 @@ async fn mirror(pools: &Pools, profile: &Profile) -> (download::DownloadReport, 
                 max_retries: 0,
                 base: Duration::ZERO,
             },
+            full: false,
         },
     ))
     .await;
@@ -80,7 +81,7 @@ async fn raw_pipe(sites: &Sites<'_>, name: &str) -> (u64, Duration) {
     let local = connect(sites.local, name).await;
     local
         .batch_execute(&format!(
-            "create table pipe_target as select {METER_COLUMNS} from meter with no data"
+            "drop table if exists pipe_target; create table pipe_target as select {METER_COLUMNS} from meter with no data"
         ))
         .await
         .unwrap();
@@ -103,9 +104,31 @@ async fn raw_pipe(sites: &Sites<'_>, name: &str) -> (u64, Duration) {
     .await
 }
 
+/// Empties the local mirror so the next download is a cold one.
+async fn empty_local(sites: &Sites<'_>, name: &str) {
+    let client = connect(sites.local, name).await;
+    client
+        .batch_execute("truncate meter, tenant, sync_logs")
+        .await
+        .unwrap();
+    client.batch_execute("vacuum analyze meter").await.unwrap();
+}
+
+fn median(mut times: Vec<Duration>) -> Duration {
+    times.sort();
+    times[times.len() / 2]
+}
+
 fn main() {
+    if let Ok(filter) = std::env::var("BENCH_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let rows = env_rows("BENCH_ROWS", 1_000_000);
     let small = env_rows("BENCH_SMALL_ROWS", 100_000).min(rows);
+    let repeat = env_rows("BENCH_REPEAT", 3).max(1) as usize;
     let (local, remote) = clusters();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -118,9 +141,9 @@ fn main() {
             profile: Profile::builtin_default().unwrap(),
         };
         let version: String = connect(&local, "postgres").await.query_one("show server_version", &[]).await.unwrap().get(0);
-        println!("download benchmark: meter table, {rows} rows for the site's tenant (+{rows} for another), PostgreSQL {version}, fsync off, 2 clusters on one machine");
+        println!("download benchmark: meter table, {rows} rows for the site's tenant (+{rows} for another tenant), PostgreSQL {version}, fsync off, both clusters and the agent on one 2-core machine; median of {repeat} runs each");
 
-        // Peak RSS at the small size first (the counter is reset before each phase).
+        // Peak RSS at the small size (the counter is reset before each measured phase).
         let pools = prepare(&sites, "small", small).await;
         reset_peak_rss();
         let (report, took) = mirror(&pools, &sites.profile).await;
@@ -128,14 +151,27 @@ fn main() {
         println!("cold mirror at {small} rows: {} ({}), peak RSS {rss_small:.1} MiB", secs(took), rate(report.entity("meter").unwrap().inserted as i64, took));
 
         let pools = prepare(&sites, "large", rows).await;
-        let (piped, pipe_time) = raw_pipe(&sites, "large").await;
-        assert_eq!(piped as i64, rows);
-        println!("raw pipe (COPY TO STDOUT | COPY FROM STDIN, binary): {} ({})", secs(pipe_time), rate(rows, pipe_time));
+        let mut pipes = Vec::new();
+        for _ in 0..repeat {
+            let (piped, took) = raw_pipe(&sites, "large").await;
+            assert_eq!(piped as i64, rows);
+            pipes.push(took);
+        }
+        let pipe_time = median(pipes);
+        println!("raw pipe (COPY TO STDOUT | COPY FROM STDIN, binary, into an unindexed table): {} ({})", secs(pipe_time), rate(rows, pipe_time));
 
-        reset_peak_rss();
-        let (report, cold) = mirror(&pools, &sites.profile).await;
-        let rss_large = peak_rss_mib();
-        assert_eq!(report.entity("meter").unwrap().inserted as i64, rows);
+        let mut colds = Vec::new();
+        let mut rss_large: f64 = 0.0;
+        for _ in 0..repeat {
+            empty_local(&sites, "large").await;
+            reset_peak_rss();
+            let (report, took) = mirror(&pools, &sites.profile).await;
+            rss_large = rss_large.max(peak_rss_mib());
+            let meter = report.entity("meter").unwrap();
+            assert_eq!((meter.strategy, meter.inserted as i64), ("cold", rows));
+            colds.push(took);
+        }
+        let cold = median(colds);
         println!(
             "cold mirror: {} ({}), {:.2}x the raw pipe [target <= 1.5x], peak RSS {rss_large:.1} MiB",
             secs(cold),
@@ -143,9 +179,14 @@ fn main() {
             cold.as_secs_f64() / pipe_time.as_secs_f64()
         );
 
-        let (report, same) = mirror(&pools, &sites.profile).await;
-        let meter = report.entity("meter").unwrap();
-        assert_eq!((meter.inserted, meter.updated, meter.deleted), (0, 0, 0));
+        let mut sames = Vec::new();
+        for _ in 0..repeat {
+            let (report, took) = mirror(&pools, &sites.profile).await;
+            let meter = report.entity("meter").unwrap();
+            assert_eq!((meter.strategy, meter.inserted, meter.updated, meter.deleted), ("diff", 0, 0, 0));
+            sames.push(took);
+        }
+        let same = median(sames);
         println!(
             "no-change resync: {} ({}), {:.2}x the cold mirror [target <= 0.5x]",
             secs(same),
@@ -154,12 +195,21 @@ fn main() {
         );
 
         let remote_client = connect(&remote, "large").await;
-        let changed = remote_client
-            .execute("update meter set name = name || ' (renamed)', updated_at = updated_at + interval '1 day' where tenant_id = 1 and id % 100 = 0", &[])
-            .await
-            .unwrap();
-        let (report, one_pct) = mirror(&pools, &sites.profile).await;
-        assert_eq!(report.entity("meter").unwrap().updated, changed);
+        let mut ones = Vec::new();
+        let mut changed = 0;
+        for r in 0..repeat {
+            changed = remote_client
+                .execute(
+                    "update meter set name = name || ' (renamed)', updated_at = updated_at + interval '1 day' where tenant_id = 1 and id % 100 = $1",
+                    &[&(r as i64)],
+                )
+                .await
+                .unwrap();
+            let (report, took) = mirror(&pools, &sites.profile).await;
+            assert_eq!(report.entity("meter").unwrap().updated, changed);
+            ones.push(took);
+        }
+        let one_pct = median(ones);
         println!(
             "1%-changed resync ({changed} rows updated): {} ({}), {:.2}x the cold mirror",
             secs(one_pct),

@@ -57,6 +57,10 @@ pub enum Command {
         /// Sync only this entity (repeatable); dependencies are not added implicitly.
         #[arg(long = "entity", value_name = "NAME")]
         entities: Vec<String>,
+        /// Compare every row's values rather than row versions: also repairs local edits to
+        /// mirrored rows, at the cost of transferring every row.
+        #[arg(long)]
+        full: bool,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -92,12 +96,15 @@ fn usage_error(error: impl std::error::Error + 'static) -> ExitCode {
 }
 
 /// An error and its causes on one line. A [`PgError`](pg::PgError) already describes its
-/// driver cause, so the walk stops there.
+/// driver cause, so the walk stops there (also when a transparent wrapper hides it).
 pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut current = error;
     while !current.is::<pg::PgError>() {
         let Some(next) = current.source() else { break };
+        if next.is::<tokio_postgres::Error>() {
+            break;
+        }
         let cause = next.to_string();
         if !text.contains(&cause) {
             text.push_str(": ");
@@ -125,7 +132,11 @@ pub async fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Check { json } => check(&raw, &config, &profile, json).await,
         Command::Migrate { json } => migrate(&config, &profile, json).await,
-        Command::Download { entities, json } => download(&config, &profile, &entities, json).await,
+        Command::Download {
+            entities,
+            full,
+            json,
+        } => download(&config, &profile, &entities, full, json).await,
     }
 }
 
@@ -256,7 +267,13 @@ async fn migrate(config: &Config, profile: &Profile, json: bool) -> ExitCode {
     }
 }
 
-async fn download(config: &Config, profile: &Profile, entities: &[String], json: bool) -> ExitCode {
+async fn download(
+    config: &Config,
+    profile: &Profile,
+    entities: &[String],
+    full: bool,
+    json: bool,
+) -> ExitCode {
     if let Some(unknown) = entities.iter().find(|n| profile.entity(n).is_none()) {
         let known: Vec<String> = profile
             .entities
@@ -280,6 +297,7 @@ async fn download(config: &Config, profile: &Profile, entities: &[String], json:
             tenant: config.tenant_id.as_ref(),
             only: entities,
             backoff: Backoff::connection(&config.retry),
+            full,
         },
     )
     .await;

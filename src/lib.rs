@@ -16,3 +16,4 @@ pub mod schema;
 pub mod sql;
 pub mod status;
 pub mod synclog;
+pub mod upload;

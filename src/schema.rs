@@ -88,7 +88,8 @@ pub async fn migrate(
     apply_migrations(&tx, &mut report).await?;
     for entity in &profile.entities {
         let create = sql::create_entity_table(entity);
-        reconcile_table(&tx, &entity.table, &entity.columns, &create, &mut report).await?;
+        let columns = sql::entity_local_columns(entity);
+        reconcile_table(&tx, &entity.table, &columns, &create, &mut report).await?;
     }
     if let Some(readings) = &profile.readings {
         let mut columns = readings.columns.clone();

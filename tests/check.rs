@@ -137,3 +137,67 @@ async fn a_broken_profile_file_exits_2_with_its_problems() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn download_command_prints_a_table_or_json_and_sets_the_exit_code() {
+    let (env, _) = crate::support::default_env("cli_download").await;
+    let vars = env.env(&[("TENANT_ID", "1")]);
+    let (code, out, err) = tokio::task::spawn_blocking({
+        let vars = vars.clone();
+        move || meter_sync(&vars, &["download"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("download for tenant 1: ok in "), "{out}");
+    let meter_line = out.lines().find(|l| l.starts_with("meter ")).unwrap();
+    assert!(
+        meter_line.contains(" 25 ") && meter_line.ends_with("ok"),
+        "{meter_line}"
+    );
+
+    let (code, out, _) = tokio::task::spawn_blocking({
+        let vars = vars.clone();
+        move || meter_sync(&vars, &["download", "--entity", "register", "--json"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["success"], true);
+    assert_eq!(report["entities"].as_array().unwrap().len(), 1);
+    assert_eq!(report["entities"][0]["entity"], "register");
+    assert_eq!(
+        report["sync_result"]["registers"]["inserted"], 0,
+        "already mirrored"
+    );
+
+    let (code, _, err) = tokio::task::spawn_blocking({
+        let vars = vars.clone();
+        move || meter_sync(&vars, &["download", "--entity", "nope"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 2);
+    assert!(
+        err.contains(
+            "unknown entity `nope`; the profile has: tenant, meter, register, device_register"
+        ),
+        "{err}"
+    );
+
+    let remote = env.remote.client().await;
+    remote
+        .batch_execute("drop table register cascade")
+        .await
+        .unwrap();
+    let (code, out, _) =
+        tokio::task::spawn_blocking(move || meter_sync(&vars, &["download", "--full"]))
+            .await
+            .unwrap();
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("register") && out.contains("FAILED: remote database"),
+        "{out}"
+    );
+}

@@ -270,7 +270,28 @@ async fn duplicate_remote_keys_and_constraint_violations_name_the_key_or_column(
     let (env, profile) = default_env("dl_dupes").await;
     let remote = env.remote.client().await;
     remote
-        .batch_execute("alter table meter drop constraint meter_pkey; insert into meter (id, meter_element_id, tenant_id, name) values (1, 1, 1, 'dup')")
+        .batch_execute("alter table meter drop constraint meter_pkey; insert into meter (id, meter_element_id, tenant_id, name) values (1, 1, 1, 'row-value-xyz')")
+        .await
+        .unwrap();
+    // Cold path (empty local table): rebuilding the local primary key refuses the duplicate.
+    let report = download(&env, &profile, Some("1"), &[]).await;
+    let error = report.entity("meter").unwrap().error.clone().unwrap();
+    assert!(
+        error.contains("Key (id, meter_element_id)=(1, 1) is duplicated"),
+        "{error}"
+    );
+    assert!(
+        !error.contains("row-value-xyz") && !error.contains("db error"),
+        "no row values, no repetition: {error}"
+    );
+    // Diff path (local rows present): the hash stage's key index refuses it.
+    remote
+        .batch_execute("delete from meter where name = 'row-value-xyz'")
+        .await
+        .unwrap();
+    assert!(download(&env, &profile, Some("1"), &[]).await.success());
+    remote
+        .batch_execute("insert into meter (id, meter_element_id, tenant_id, name) values (1, 1, 1, 'row-value-xyz')")
         .await
         .unwrap();
     let report = download(&env, &profile, Some("1"), &[]).await;
@@ -279,7 +300,6 @@ async fn duplicate_remote_keys_and_constraint_violations_name_the_key_or_column(
         error.contains("Key (id, meter_element_id)=(1, 1) is duplicated"),
         "{error}"
     );
-    assert!(!error.contains("dup'"), "no row values: {error}");
 
     remote.batch_execute("alter table register alter column name drop not null; update register set name = null where id = 3").await.unwrap();
     let report = download(&env, &profile, Some("1"), &["register"]).await;
@@ -433,4 +453,71 @@ async fn the_db_sync_process_profile_mirrors_varchar_keyed_tables() {
         rows_text(&local, "select tenant_id from tenant").await,
         ["(tenant-2)"]
     );
+}
+
+#[tokio::test]
+async fn cold_diff_and_full_strategies_are_chosen_by_how_much_changed() {
+    let (env, profile) = default_env("dl_strategy").await;
+    let first = download(&env, &profile, Some("1"), &["meter"]).await;
+    assert_eq!(first.entity("meter").unwrap().strategy, "cold");
+    let remote = env.remote.client().await;
+    remote
+        .batch_execute("update meter set notes = 'few' where id in (2, 3)")
+        .await
+        .unwrap();
+    let few = download(&env, &profile, Some("1"), &["meter"]).await;
+    let meter = few.entity("meter").unwrap();
+    assert_eq!(
+        (meter.strategy, meter.updated, meter.fetched),
+        ("diff", 2, 25)
+    );
+    remote
+        .batch_execute("update meter set notes = 'many' where tenant_id = 1 and id % 2 = 0")
+        .await
+        .unwrap();
+    let many = download(&env, &profile, Some("1"), &["meter"]).await;
+    let meter = many.entity("meter").unwrap();
+    assert_eq!((meter.strategy, meter.updated), ("full", 12));
+    let local = env.local.client().await;
+    assert_eq!(
+        rows_text(
+            &local,
+            &format!("select {METER_COLUMNS} from meter order by id")
+        )
+        .await,
+        rows_text(
+            &remote,
+            &format!("select {METER_COLUMNS} from meter where tenant_id = 1 order by id")
+        )
+        .await,
+    );
+}
+
+#[tokio::test]
+async fn cold_load_rebuilds_the_primary_key_and_keeps_one_a_foreign_key_needs() {
+    let (env, profile) = default_env("dl_coldpk").await;
+    let local = env.local.client().await;
+    local
+        .batch_execute(
+            "create table register_note (register_id bigint references register (id), note text)",
+        )
+        .await
+        .unwrap();
+    let report = download(&env, &profile, Some("1"), &[]).await;
+    assert!(report.success(), "{report:#?}");
+    for table in ["meter", "register"] {
+        let pk: String = local
+            .query_one(
+                "select pg_get_constraintdef(oid) from pg_constraint where conrelid = $1::text::regclass and contype = 'p'",
+                &[&table],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(pk.starts_with("PRIMARY KEY"), "{table}: {pk}");
+    }
+    local
+        .batch_execute("insert into register_note values (1, 'still referenced')")
+        .await
+        .unwrap();
 }

@@ -17,16 +17,17 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt, TryStreamExt};
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{IsolationLevel, Row, Transaction};
 
 pub use report::{ChangedRow, DownloadReport, EntityReport, NewRow, DETAIL_LIMIT};
 pub use tenant::{resolve as resolve_tenant, TenantError};
 
 use crate::cli::chain;
-use crate::pg::{Backoff, PgError, Pools};
-use crate::profile::{EntitySpec, Ident, Profile, TenantId};
+use crate::pg::{Backoff, PgError, Pools, RawValue};
+use crate::profile::{EntitySpec, Ident, Profile, RemoteSource, TenantId};
 use crate::sql;
 use crate::synclog::{self, LogEntry};
 
@@ -40,6 +41,8 @@ pub enum EntityError {
     LocalTableMissing { table: String },
     #[error("remote and local column types differ ({0}); align the tables or the profile")]
     TypeMismatch(String),
+    #[error("Key ({columns})=({values}) is duplicated among the remote rows")]
+    DuplicateKey { columns: String, values: String },
     #[error("{count} remote row(s) have NULL in key column(s) {key}")]
     NullKey { count: i64, key: String },
     #[error(transparent)]
@@ -65,6 +68,9 @@ pub struct DownloadRequest<'a> {
     pub only: &'a [String],
     /// Connection retry policy.
     pub backoff: Backoff,
+    /// Compare every row's values instead of row versions or hashes: also repairs local edits
+    /// to mirrored rows, at the cost of transferring every row.
+    pub full: bool,
 }
 
 /// Runs one download and records it in `sync_logs`. Never panics on bad data: every failure
@@ -141,6 +147,18 @@ async fn run_entities(
         .transaction()
         .await
         .map_err(|e| PgError::query("local", "begin the download transaction", e))?;
+    rtx.batch_execute(sql::STABLE_TEXT_SETTINGS)
+        .await
+        .map_err(|e| PgError::query("remote", "set text settings", e))?;
+    ltx.batch_execute(&format!(
+        "{}; {}",
+        sql::STABLE_TEXT_SETTINGS,
+        sql::LOCAL_WORK_MEM
+    ))
+    .await
+    .map_err(|e| PgError::query("local", "set session settings", e))?;
+    let record_hash = server_version(&rtx, "remote").await? >= 140_000
+        && server_version(&ltx, "local").await? >= 140_000;
     let targets: Vec<(&Ident, &EntitySpec)> = request
         .profile
         .entities
@@ -151,7 +169,12 @@ async fn run_entities(
     for (spec, entity_report) in selected.iter().zip(report.entities.iter_mut()) {
         let clock = Instant::now();
         savepoints(&ltx, &rtx, "savepoint meter_sync_entity").await?;
-        let outcome = sync_entity(&ltx, &rtx, spec, &tenant, &targets, entity_report).await;
+        let options = EntityOptions {
+            record_hash,
+            full: request.full,
+        };
+        let outcome =
+            sync_entity(&ltx, &rtx, spec, &tenant, &targets, options, entity_report).await;
         entity_report.duration_ms = clock.elapsed().as_millis() as u64;
         match outcome {
             Ok(()) => {
@@ -176,6 +199,14 @@ async fn run_entities(
     Ok(())
 }
 
+async fn server_version(tx: &Transaction<'_>, side: &'static str) -> Result<i32, PgError> {
+    let row = tx
+        .query_one("select current_setting('server_version_num')::int", &[])
+        .await
+        .map_err(|e| PgError::query(side, "read the server version", e))?;
+    Ok(row.get(0))
+}
+
 async fn savepoints(
     ltx: &Transaction<'_>,
     rtx: &Transaction<'_>,
@@ -197,6 +228,38 @@ fn remote_err(context: &'static str) -> impl Fn(tokio_postgres::Error) -> PgErro
     move |e| PgError::query("remote", context, e)
 }
 
+/// Logs how long each step of an entity took (debug level), for tuning and diagnosis.
+struct Steps<'a> {
+    entity: &'a str,
+    last: Instant,
+}
+
+impl<'a> Steps<'a> {
+    fn new(entity: &'a str) -> Self {
+        Self {
+            entity,
+            last: Instant::now(),
+        }
+    }
+
+    fn done(&mut self, step: &str) {
+        let now = Instant::now();
+        tracing::debug!(
+            entity = self.entity,
+            step,
+            ms = (now - self.last).as_secs_f64() * 1000.0,
+            "download step"
+        );
+        self.last = now;
+    }
+}
+
+/// Above this fraction of new or changed rows the diff path stages every row instead.
+const FULL_STAGE_FRACTION: f64 = 0.25;
+
+/// Keys fetched per remote query on the diff path.
+const FETCH_BATCH: usize = 10_000;
+
 /// Mirrors one entity inside the open transactions.
 async fn sync_entity(
     ltx: &Transaction<'_>,
@@ -204,23 +267,221 @@ async fn sync_entity(
     entity: &EntitySpec,
     tenant: &TenantId,
     targets: &[(&Ident, &EntitySpec)],
+    options: EntityOptions,
     report: &mut EntityReport,
 ) -> Result<(), EntityError> {
-    let remote_select = sql::remote_select(entity, tenant);
-    check_types(ltx, rtx, entity, &remote_select).await?;
+    let (versioned, keyed) = match &entity.remote {
+        RemoteSource::Table(table) => {
+            let kind: Option<String> = rtx
+                .query_opt(sql::SELECT_RELKIND, &[&table.quoted()])
+                .await
+                .map_err(remote_err("look up the remote table"))?
+                .and_then(|row| row.get(0));
+            let key: Vec<&str> = entity.key.iter().map(Ident::as_str).collect();
+            let keyed: bool = rtx
+                .query_one(sql::SELECT_KEY_IS_PRIMARY, &[&table.quoted(), &key])
+                .await
+                .map_err(remote_err("look up the remote primary key"))?
+                .get(0);
+            (matches!(kind.as_deref(), Some("r" | "p" | "m")), keyed)
+        }
+        RemoteSource::Query(_) => (false, false),
+    };
+    let remote_select = sql::remote_select(entity, tenant, versioned);
+    let mut types = check_types(ltx, rtx, entity, &remote_select).await?;
+    types.push(Type::INT8);
+    let empty: bool = ltx
+        .query_one(&sql::local_is_empty(entity), &[])
+        .await
+        .map_err(local_err("look at the local table"))?
+        .get(0);
+    if empty {
+        report.strategy = "cold";
+        return sync_cold(ltx, rtx, entity, &remote_select, targets, report).await;
+    }
+
+    let mut steps = Steps::new(entity.name.as_str());
     ltx.batch_execute(&sql::create_stage(entity))
         .await
         .map_err(local_err("create the stage table"))?;
+    if options.full {
+        let present = stage_every_row(ltx, rtx, entity, &remote_select, targets, report).await?;
+        steps.done("stage every row");
+        apply(ltx, entity, Removal::NotIn(present), report, &mut steps).await?;
+        return drop_stages(ltx, entity).await;
+    }
+
+    // Diff: compare row versions or hashes, then fetch only what is new or changed.
+    report.strategy = "diff";
+    let kind = sql::ChangeCheck::for_entity(entity, versioned, options.record_hash);
+    let hash_stage = sql::hash_stage_name(entity);
+    ltx.batch_execute(&sql::create_hash_stage(entity, kind))
+        .await
+        .map_err(local_err("create the hash stage"))?;
     report.fetched = pipe(
         rtx,
         ltx,
-        &sql::copy_out(&remote_select),
-        &sql::copy_into_stage(entity),
+        &sql::copy_out(&sql::remote_hash_select(entity, tenant, kind)),
+        &sql::copy_into_hash_stage(entity),
+        "write the hash stage",
     )
     .await?;
+    steps.done("copy remote hashes");
+    if !keyed {
+        check_remote_keys(ltx, entity, &hash_stage).await?;
+        steps.done("check keys");
+    }
+    ltx.batch_execute(&sql::create_diff(entity, kind))
+        .await
+        .map_err(local_err("compare row versions"))?;
+    steps.done("compare");
+    let need: i64 = ltx
+        .query_one(&sql::count_need(entity), &[])
+        .await
+        .map_err(local_err("count new and changed rows"))?
+        .get(0);
+    let stage = sql::stage_name(entity);
+    let removal = if need as f64 > report.fetched as f64 * FULL_STAGE_FRACTION {
+        Removal::NotIn(stage_every_row(ltx, rtx, entity, &remote_select, targets, report).await?)
+    } else {
+        fetch_by_keys(ltx, rtx, entity, tenant, versioned, &types).await?;
+        ltx.batch_execute(&sql::index_keys(entity, &stage))
+            .await
+            .map_err(local_err("index the fetched rows"))?;
+        for statement in [
+            sql::skip_unreferenced_fetched(entity, targets),
+            sql::skip_unreferenced_unchanged(entity, targets),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            report.skipped += skip(ltx, &statement, entity, report).await?;
+        }
+        Removal::Gone
+    };
+    steps.done(if report.strategy == "full" {
+        "stage every row"
+    } else {
+        "fetch new and changed rows"
+    });
+    apply(ltx, entity, removal, report, &mut steps).await?;
+    drop_stages(ltx, entity).await
+}
 
+/// Per-run choices that apply to every entity.
+#[derive(Debug, Clone, Copy)]
+struct EntityOptions {
+    /// Both servers have `hash_record_extended` (14+).
+    record_hash: bool,
+    /// Compare every row (`download --full`).
+    full: bool,
+}
+
+/// Full strategy: every remote row into the stage; returns the stage as the present set.
+async fn stage_every_row(
+    ltx: &Transaction<'_>,
+    rtx: &Transaction<'_>,
+    entity: &EntitySpec,
+    remote_select: &str,
+    targets: &[(&Ident, &EntitySpec)],
+    report: &mut EntityReport,
+) -> Result<String, EntityError> {
+    report.strategy = "full";
+    let stage = sql::stage_name(entity);
+    report.fetched = pipe(
+        rtx,
+        ltx,
+        &sql::copy_out(remote_select),
+        &sql::copy_into_stage(entity),
+        "write the stage table",
+    )
+    .await?;
+    check_keys(ltx, entity, &stage).await?;
+    if let Some(statement) = sql::skip_unreferenced(entity, targets) {
+        report.skipped += skip(ltx, &statement, entity, report).await?;
+    }
+    Ok(stage)
+}
+
+async fn drop_stages(ltx: &Transaction<'_>, entity: &EntitySpec) -> Result<(), EntityError> {
+    ltx.batch_execute(&format!(
+        "{}; {}",
+        sql::drop_stage(entity),
+        sql::drop_diff_tables(entity)
+    ))
+    .await
+    .map_err(local_err("drop the stage tables"))?;
+    Ok(())
+}
+
+/// Cold path: the local table is empty, so every remote row is new: copy straight into it
+/// (its primary key refuses duplicates), then drop rows whose references are missing.
+async fn sync_cold(
+    ltx: &Transaction<'_>,
+    rtx: &Transaction<'_>,
+    entity: &EntitySpec,
+    remote_select: &str,
+    targets: &[(&Ident, &EntitySpec)],
+    report: &mut EntityReport,
+) -> Result<(), EntityError> {
+    // Load first, build the primary key after (PostgreSQL's advice for bulk loads: far cheaper
+    // than maintaining it row by row), unless a foreign key depends on it. The savepoint
+    // restores it if anything fails; duplicate or NULL remote keys fail the rebuild.
+    let table = entity.table.quoted();
+    let key = ltx
+        .query_opt(sql::SELECT_PRIMARY_KEY, &[&table])
+        .await
+        .map_err(local_err("look up the local primary key"))?
+        .filter(|row| !row.get::<_, bool>(2))
+        .map(|row| (row.get::<_, String>(0), row.get::<_, String>(1)));
+    if let Some((name, _)) = &key {
+        ltx.batch_execute(&sql::drop_constraint(&entity.table, name))
+            .await
+            .map_err(local_err("set the primary key aside for the load"))?;
+    }
+    report.fetched = pipe(
+        rtx,
+        ltx,
+        &sql::copy_out(remote_select),
+        &sql::copy_into_table(entity),
+        "write the local table",
+    )
+    .await?;
+    if let Some((name, definition)) = &key {
+        ltx.batch_execute(&sql::add_constraint(&entity.table, name, definition))
+            .await
+            .map_err(local_err(
+                "build the primary key (duplicate or NULL remote keys?)",
+            ))?;
+    }
+    if let Some(statement) = sql::delete_unreferenced(entity, targets) {
+        report.skipped = skip(ltx, &statement, entity, report).await?;
+    }
+    report.inserted = report.fetched - report.skipped;
+    let key_len = entity.key.len();
+    let sample = ltx
+        .query(&sql::sample_rows(entity, DETAIL_LIMIT), &[])
+        .await
+        .map_err(local_err("list the new rows"))?;
+    report.new_rows = sample
+        .iter()
+        .map(|row| NewRow {
+            key: key_of(row, key_len),
+            name: row.get(key_len),
+        })
+        .collect();
+    Ok(())
+}
+
+/// Refuses NULL or duplicate keys among the remote rows (the unique index names a duplicate
+/// key), and gives the planner statistics.
+async fn check_keys(
+    ltx: &Transaction<'_>,
+    entity: &EntitySpec,
+    relation: &str,
+) -> Result<(), EntityError> {
     let null_keys: i64 = ltx
-        .query_one(&sql::count_null_keys(entity), &[])
+        .query_one(&sql::count_null_keys_in(entity, relation), &[])
         .await
         .map_err(local_err("check keys"))?
         .get(0);
@@ -235,29 +496,166 @@ async fn sync_entity(
                 .join(", "),
         });
     }
-    ltx.batch_execute(&sql::index_stage(entity))
+    ltx.batch_execute(&sql::index_keys(entity, relation))
         .await
         .map_err(local_err(
             "index the remote rows by key (duplicate remote keys?)",
         ))?;
+    Ok(())
+}
 
-    let key_len = entity.key.len();
-    if let Some(statement) = sql::skip_unreferenced(entity, targets) {
-        report.skipped = for_each_row(
-            ltx,
-            &statement,
-            "skip rows with missing references",
-            |row| {
-                keep(&mut report.skipped_keys, key_of(&row, key_len));
-            },
-        )
-        .await?;
+/// Refuses NULL or repeated keys among the remote keys of the diff path (no index needed).
+async fn check_remote_keys(
+    ltx: &Transaction<'_>,
+    entity: &EntitySpec,
+    relation: &str,
+) -> Result<(), EntityError> {
+    let null_keys: i64 = ltx
+        .query_one(&sql::count_null_keys_in(entity, relation), &[])
+        .await
+        .map_err(local_err("check keys"))?
+        .get(0);
+    if null_keys > 0 {
+        return Err(EntityError::NullKey {
+            count: null_keys,
+            key: entity
+                .key
+                .iter()
+                .map(Ident::as_str)
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
     }
-    if let Some(statement) = sql::apply_missing(entity) {
+    let duplicate = ltx
+        .query_opt(&sql::find_duplicate_key(entity, relation), &[])
+        .await
+        .map_err(local_err("check keys"))?;
+    match duplicate {
+        Some(row) => Err(EntityError::DuplicateKey {
+            columns: entity
+                .key
+                .iter()
+                .map(Ident::as_str)
+                .collect::<Vec<_>>()
+                .join(", "),
+            values: key_of(&row, entity.key.len()).join(", "),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Runs a skip statement, recording the skipped keys; returns how many.
+async fn skip(
+    ltx: &Transaction<'_>,
+    statement: &str,
+    entity: &EntitySpec,
+    report: &mut EntityReport,
+) -> Result<u64, PgError> {
+    let key_len = entity.key.len();
+    for_each_row(ltx, statement, "skip rows with missing references", |row| {
+        keep(&mut report.skipped_keys, key_of(&row, key_len));
+    })
+    .await
+}
+
+/// Diff path: fetches the remote rows of the needed keys, batch by batch, into the stage.
+/// Values pass through as raw binary (the types were checked equal).
+async fn fetch_by_keys(
+    ltx: &Transaction<'_>,
+    rtx: &Transaction<'_>,
+    entity: &EntitySpec,
+    tenant: &TenantId,
+    versioned: bool,
+    types: &[Type],
+) -> Result<u64, PgError> {
+    let key_types: Vec<&str> = entity
+        .key
+        .iter()
+        .filter_map(|k| entity.columns.iter().position(|c| c.name == *k))
+        .map(|i| types[i].name())
+        .collect();
+    let query = rtx
+        .prepare(&sql::remote_select_by_keys(
+            entity, tenant, versioned, &key_types,
+        ))
+        .await
+        .map_err(remote_err("prepare the fetch of changed rows"))?;
+    let take = sql::take_need_batch(entity, FETCH_BATCH);
+    let mut fetched = 0;
+    loop {
+        let batch = ltx
+            .query(&take, &[])
+            .await
+            .map_err(local_err("take needed keys"))?;
+        if batch.is_empty() {
+            return Ok(fetched);
+        }
+        let columns: Vec<Vec<String>> = (0..entity.key.len())
+            .map(|i| batch.iter().map(|row| row.get::<_, String>(i)).collect())
+            .collect();
+        let params: Vec<&(dyn ToSql + Sync)> =
+            columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
+        let rows = rtx
+            .query_raw(&query, params)
+            .await
+            .map_err(remote_err("fetch changed rows"))?;
+        let sink = ltx
+            .copy_in::<_, Bytes>(&sql::copy_into_stage(entity))
+            .await
+            .map_err(local_err("write the stage table"))?;
+        let writer = BinaryCopyInWriter::new(sink, types);
+        let mut writer = pin!(writer);
+        let mut rows = pin!(rows);
+        while let Some(row) = rows
+            .try_next()
+            .await
+            .map_err(remote_err("fetch changed rows"))?
+        {
+            let values: Vec<RawValue> = (0..types.len()).map(|i| row.get(i)).collect();
+            let refs: Vec<&(dyn ToSql + Sync)> =
+                values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+            writer
+                .as_mut()
+                .write(&refs)
+                .await
+                .map_err(local_err("write the stage table"))?;
+            fetched += 1;
+        }
+        writer
+            .as_mut()
+            .finish()
+            .await
+            .map_err(local_err("write the stage table"))?;
+    }
+}
+
+/// Which local rows are gone remotely.
+enum Removal {
+    /// Those whose key is not in this relation (every remote row was staged).
+    NotIn(String),
+    /// Those the diff marks gone.
+    Gone,
+}
+
+/// Applies the stage: rows gone remotely, changed rows, new rows.
+async fn apply(
+    ltx: &Transaction<'_>,
+    entity: &EntitySpec,
+    removal: Removal,
+    report: &mut EntityReport,
+    steps: &mut Steps<'_>,
+) -> Result<(), EntityError> {
+    let key_len = entity.key.len();
+    let statement = match &removal {
+        Removal::NotIn(present) => sql::apply_missing(entity, present),
+        Removal::Gone => sql::apply_gone(entity),
+    };
+    if let Some(statement) = statement {
         report.deleted = for_each_row(ltx, &statement, "remove rows gone remotely", |row| {
             keep(&mut report.removed_keys, key_of(&row, key_len));
         })
         .await?;
+        steps.done("remove rows gone remotely");
     }
     if let Some(statement) = sql::update_changed(entity) {
         report.updated = for_each_row(ltx, &statement, "update changed rows", |row| {
@@ -268,7 +666,11 @@ async fn sync_entity(
             keep(&mut report.changed_rows, changed);
         })
         .await?;
+        steps.done("update changed rows");
     }
+    ltx.batch_execute(&sql::sync_versions(entity))
+        .await
+        .map_err(local_err("record row versions"))?;
     report.inserted = for_each_row(ltx, &sql::insert_new(entity), "insert new rows", |row| {
         let new = NewRow {
             key: key_of(&row, key_len),
@@ -277,9 +679,7 @@ async fn sync_entity(
         keep(&mut report.new_rows, new);
     })
     .await?;
-    ltx.batch_execute(&sql::drop_stage(entity))
-        .await
-        .map_err(local_err("drop the stage table"))?;
+    steps.done("insert new rows");
     Ok(())
 }
 
@@ -290,7 +690,7 @@ async fn check_types(
     rtx: &Transaction<'_>,
     entity: &EntitySpec,
     remote_select: &str,
-) -> Result<(), EntityError> {
+) -> Result<Vec<Type>, EntityError> {
     let local = ltx.prepare(&sql::local_select(entity)).await.map_err(|e| {
         if e.code() == Some(&SqlState::UNDEFINED_TABLE) {
             EntityError::LocalTableMissing {
@@ -312,18 +712,20 @@ async fn check_types(
         .map(|(r, l)| format!("{}: remote {}, local {}", l.name(), r.type_(), l.type_()))
         .collect();
     if mismatches.is_empty() {
-        Ok(())
+        Ok(local.columns().iter().map(|c| c.type_().clone()).collect())
     } else {
         Err(EntityError::TypeMismatch(mismatches.join("; ")))
     }
 }
 
-/// Streams binary COPY data from the remote query into the local stage, chunk by chunk.
+/// Streams binary COPY data from the remote query into a local table, chunk by chunk;
+/// `target` names that table in errors.
 async fn pipe(
     rtx: &Transaction<'_>,
     ltx: &Transaction<'_>,
     copy_out: &str,
     copy_in: &str,
+    target: &'static str,
 ) -> Result<u64, PgError> {
     let stream = rtx
         .copy_out(copy_out)
@@ -332,20 +734,14 @@ async fn pipe(
     let sink = ltx
         .copy_in::<_, Bytes>(copy_in)
         .await
-        .map_err(local_err("write the stage table"))?;
+        .map_err(local_err(target))?;
     let mut stream = pin!(stream);
     let mut sink = pin!(sink);
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(remote_err("read the remote rows"))?;
-        sink.as_mut()
-            .feed(chunk)
-            .await
-            .map_err(local_err("write the stage table"))?;
+        sink.as_mut().feed(chunk).await.map_err(local_err(target))?;
     }
-    sink.as_mut()
-        .finish()
-        .await
-        .map_err(local_err("write the stage table"))
+    sink.as_mut().finish().await.map_err(local_err(target))
 }
 
 /// Runs a statement with `RETURNING`, streaming its rows to `f`; returns how many there were.

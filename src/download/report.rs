@@ -28,7 +28,10 @@ pub struct EntityReport {
     pub entity: String,
     pub table: String,
     pub success: bool,
-    /// Rows received from the remote.
+    /// How the rows were compared: `cold` (empty local table, copied straight in), `diff`
+    /// (row hashes compared, only new and changed rows fetched) or `full` (every row staged).
+    pub strategy: &'static str,
+    /// Rows (or, on the diff path, row hashes) received from the remote.
     pub fetched: u64,
     pub inserted: u64,
     pub updated: u64,
@@ -53,6 +56,7 @@ impl EntityReport {
             entity: entity.name.to_string(),
             table: entity.table.to_string(),
             success: false,
+            strategy: "",
             fetched: 0,
             inserted: 0,
             updated: 0,

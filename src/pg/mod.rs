@@ -1,6 +1,7 @@
 //! Database connections for both sides: driver configuration, TLS, pools, the retryable-error
 //! rule and exponential backoff.
 
+mod raw;
 mod tls;
 
 use std::future::Future;
@@ -10,6 +11,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::error::SqlState;
 
 use crate::config::{Config, DbConfig, PoolConfig, RetryConfig};
+pub use raw::RawValue;
 pub use tls::TlsError;
 
 /// The `application_name` the service connects with (visible in `pg_stat_activity`).

@@ -20,6 +20,10 @@ pub const DEFAULT_PROFILE_TOML: &str = include_str!("../../profiles/default.toml
 /// The layout of spec document 004 (`meters` with varchar `meter_id`, varchar `tenant_id`).
 pub const DB_SYNC_PROCESS_PROFILE_TOML: &str = include_str!("../../profiles/db-sync-process.toml");
 
+/// The local bookkeeping column of every entity table: the remote row version it was copied
+/// from (see the download engine).
+pub const VERSION_COLUMN: &str = "meter_sync_version";
+
 /// Tables the service owns locally; a profile may not use these names.
 pub const RESERVED_TABLES: &[&str] = &[
     "sync_logs",

@@ -66,8 +66,12 @@ pub enum Problem {
     },
     #[error("dependency cycle: {path}")]
     Cycle { path: String },
+    #[error("readings: dedupe_key column `{column}` must be `nullable = false` (NULL never equals NULL, so such readings could be sent twice)")]
+    NullableDedupeKey { column: String },
     #[error("readings: after_upload `{value}` is not delete or mark")]
     BadAfterUpload { value: String },
+    #[error("entity `{entity}`: column `{column}` is reserved for the service's bookkeeping")]
+    ReservedEntityColumn { entity: String, column: String },
     #[error("readings: column `{column}` is reserved for the service's bookkeeping")]
     ReservedColumn { column: String },
     #[error("the profile describes no entity and no readings table")]
@@ -220,6 +224,15 @@ impl Checker {
             }
         };
         let columns = self.columns(&at, &raw.columns);
+        if let Some(c) = columns
+            .iter()
+            .find(|c| c.name.as_str() == super::VERSION_COLUMN)
+        {
+            self.problems.push(Problem::ReservedEntityColumn {
+                entity: raw.name.clone(),
+                column: c.name.to_string(),
+            });
+        }
         let key = self.idents(&format!("{at} key"), &raw.key.into_vec());
         if key.is_empty() {
             self.problems.push(Problem::EmptyKey { at: at.clone() });
@@ -372,6 +385,13 @@ impl Checker {
             });
         }
         self.subset(at, "dedupe_key", &dedupe_key, &columns);
+        for key in &dedupe_key {
+            if columns.iter().any(|c| &c.name == key && c.nullable) {
+                self.problems.push(Problem::NullableDedupeKey {
+                    column: key.to_string(),
+                });
+            }
+        }
         let after_upload = match raw.after_upload.as_deref().unwrap_or("delete") {
             "delete" => Some(AfterUpload::Delete),
             "mark" => Some(AfterUpload::Mark),

@@ -10,28 +10,61 @@ pub fn stage_name(entity: &EntitySpec) -> String {
     quote_ident(&format!("meter_sync_stage_{}", entity.name))
 }
 
-/// The remote `SELECT` of an entity's columns, in profile order, restricted to the tenant.
-/// A profile query is wrapped so its output columns must carry the profile's names.
-pub fn remote_select(entity: &EntitySpec, tenant: &TenantId) -> String {
+/// The local bookkeeping column holding the remote row version (`xmin`) a row was copied
+/// from; NULL when the entity has no row version (a `remote_query`, a view).
+pub use crate::profile::VERSION_COLUMN;
+
+/// The profile's columns and the version column: what moves from remote to local.
+fn moved_columns(entity: &EntitySpec) -> String {
+    format!(
+        "{}, {}",
+        column_list(entity.columns.iter().map(|c| &c.name)),
+        quote_ident(VERSION_COLUMN)
+    )
+}
+
+/// The remote `SELECT` of an entity's columns in profile order, then the row version,
+/// restricted to the tenant. `versioned`: the remote source is a table, whose `xmin` changes
+/// with every update of a row. A profile query is wrapped so its output columns must carry the
+/// profile's names.
+pub fn remote_select(entity: &EntitySpec, tenant: &TenantId, versioned: bool) -> String {
     let columns = column_list(entity.columns.iter().map(|c| &c.name));
+    let version = if versioned {
+        format!("xmin::text::bigint as {}", quote_ident(VERSION_COLUMN))
+    } else {
+        format!("null::bigint as {}", quote_ident(VERSION_COLUMN))
+    };
     match &entity.remote {
         RemoteSource::Table(table) => match &entity.tenant_column {
             Some(tenant_column) => format!(
-                "select {columns} from {} where {} = {}",
+                "select {columns}, {version} from {} where {} = {}",
                 table.quoted(),
                 tenant_column.quoted(),
                 tenant.literal()
             ),
-            None => format!("select {columns} from {}", table.quoted()),
+            None => format!("select {columns}, {version} from {}", table.quoted()),
         },
         RemoteSource::Query(query) => {
             format!(
-                "select {columns} from (\n{}\n) as remote_rows",
+                "select {columns}, {version} from (\n{}\n) as remote_rows",
                 query.render(tenant)
             )
         }
     }
 }
+
+/// Whether the remote table has a primary key whose columns are all among the given key
+/// columns: then its rows can neither repeat nor lack a key. Binds `$1` the quoted table
+/// name, `$2` the key column names (`text[]`).
+pub const SELECT_KEY_IS_PRIMARY: &str = "select exists (
+  select 1 from pg_index i
+  where i.indrelid = to_regclass($1) and i.indisprimary and not (0 = any(i.indkey::int2[]))
+    and (select array_agg(a.attname::text) from pg_attribute a
+         where a.attrelid = i.indrelid and a.attnum = any(i.indkey::int2[])) <@ $2::text[])";
+
+/// The relation kind of the remote table (`r` table, `p` partitioned, `v` view, ...), or
+/// NULL: binds `$1`, the quoted table name.
+pub const SELECT_RELKIND: &str = "select relkind::text from pg_class where oid = to_regclass($1)";
 
 /// The local `SELECT` whose result types the remote one must match.
 pub fn local_select(entity: &EntitySpec) -> String {
@@ -47,12 +80,13 @@ pub fn copy_out(select: &str) -> String {
     format!("copy ({select}) to stdout (format binary)")
 }
 
-/// An empty temporary copy of the entity's columns, without constraints.
+/// An empty temporary copy of the entity's columns and version, without constraints.
 pub fn create_stage(entity: &EntitySpec) -> String {
     format!(
-        "create temporary table {} on commit drop as {} with no data",
+        "create temporary table {} on commit drop as select {} from {} with no data",
         stage_name(entity),
-        local_select(entity)
+        moved_columns(entity),
+        entity.table.quoted()
     )
 }
 
@@ -61,32 +95,7 @@ pub fn copy_into_stage(entity: &EntitySpec) -> String {
     format!(
         "copy {} ({}) from stdin (format binary)",
         stage_name(entity),
-        column_list(entity.columns.iter().map(|c| &c.name))
-    )
-}
-
-/// A unique index on the stage's key: refuses duplicate remote keys (the error names the key)
-/// and serves the joins below.
-pub fn index_stage(entity: &EntitySpec) -> String {
-    format!(
-        "create unique index on {} ({}); analyze {}",
-        stage_name(entity),
-        column_list(&entity.key),
-        stage_name(entity)
-    )
-}
-
-/// Stage rows whose key has a NULL: binds nothing; returns the count.
-pub fn count_null_keys(entity: &EntitySpec) -> String {
-    let any_null = entity
-        .key
-        .iter()
-        .map(|k| format!("{} is null", k.quoted()))
-        .collect::<Vec<_>>()
-        .join(" or ");
-    format!(
-        "select count(*) from {} where {any_null}",
-        stage_name(entity)
+        moved_columns(entity)
     )
 }
 
@@ -118,8 +127,12 @@ fn name_text(entity: &EntitySpec, alias: &str) -> String {
     }
 }
 
-/// The condition that every reference of a stage row exists locally.
-fn references_exist(entity: &EntitySpec, targets: &[(&Ident, &EntitySpec)]) -> Option<String> {
+/// The condition that every reference of the row aliased `alias` exists locally.
+fn references_exist(
+    entity: &EntitySpec,
+    targets: &[(&Ident, &EntitySpec)],
+    alias: &str,
+) -> Option<String> {
     if entity.references.is_empty() {
         return None;
     }
@@ -132,7 +145,7 @@ fn references_exist(entity: &EntitySpec, targets: &[(&Ident, &EntitySpec)]) -> O
                 .columns
                 .iter()
                 .zip(&r.entity_columns)
-                .map(|(mine, theirs)| format!("r.{} = s.{}", theirs.quoted(), mine.quoted()))
+                .map(|(mine, theirs)| format!("r.{} = {alias}.{}", theirs.quoted(), mine.quoted()))
                 .collect::<Vec<_>>()
                 .join(" and ");
             Some(format!(
@@ -148,7 +161,7 @@ fn references_exist(entity: &EntitySpec, targets: &[(&Ident, &EntitySpec)]) -> O
 /// skipped (never inserted; an existing local row with a dangling reference is then handled
 /// as missing). `None` when the entity has no references.
 pub fn skip_unreferenced(entity: &EntitySpec, targets: &[(&Ident, &EntitySpec)]) -> Option<String> {
-    let exists = references_exist(entity, targets)?;
+    let exists = references_exist(entity, targets, "s")?;
     Some(format!(
         "delete from {} s where not ({exists}) returning {}",
         stage_name(entity),
@@ -156,12 +169,11 @@ pub fn skip_unreferenced(entity: &EntitySpec, targets: &[(&Ident, &EntitySpec)])
     ))
 }
 
-/// Local rows whose key is not in the stage: deleted or deactivated per `on_missing`,
-/// returning their keys. `None` for `keep`.
-pub fn apply_missing(entity: &EntitySpec) -> Option<String> {
+/// Local rows whose key is not in `present` (the stage, or the hash stage of the diff path):
+/// deleted or deactivated per `on_missing`, returning their keys. `None` for `keep`.
+pub fn apply_missing(entity: &EntitySpec, present: &str) -> Option<String> {
     let absent = format!(
-        "not exists (select 1 from {} s where {})",
-        stage_name(entity),
+        "not exists (select 1 from {present} s where {})",
         key_join(entity, "s", "t")
     );
     match &entity.on_missing {
@@ -223,19 +235,32 @@ pub fn update_changed(entity: &EntitySpec) -> Option<String> {
     from {stage} s join {table} t on {join}
     where {any_differs}
 )
-update {table} t set {set} from c where {join_c}
+update {table} t set {set}, {version} = c.{version} from c where {join_c}
 returning {keys}, c.meter_sync_changed",
         stage = stage_name(entity),
         table = entity.table.quoted(),
         join = key_join(entity, "t", "s"),
         join_c = key_join(entity, "t", "c"),
         keys = key_text(entity, "t"),
+        version = quote_ident(VERSION_COLUMN),
     ))
+}
+
+/// Records the remote version of rows whose values were already equal (bookkeeping, not an
+/// update in the report).
+pub fn sync_versions(entity: &EntitySpec) -> String {
+    format!(
+        "update {table} t set {v} = s.{v} from {stage} s where {join} and t.{v} is distinct from s.{v}",
+        table = entity.table.quoted(),
+        stage = stage_name(entity),
+        join = key_join(entity, "t", "s"),
+        v = quote_ident(VERSION_COLUMN),
+    )
 }
 
 /// Inserts stage rows whose key is new locally, returning key and name.
 pub fn insert_new(entity: &EntitySpec) -> String {
-    let columns = column_list(entity.columns.iter().map(|c| &c.name));
+    let columns = moved_columns(entity);
     format!(
         "insert into {table} as t ({columns})
 select {scols} from {stage} s
@@ -245,7 +270,9 @@ returning {keys}, {name}",
         scols = entity
             .columns
             .iter()
-            .map(|c| format!("s.{}", c.name.quoted()))
+            .map(|c| c.name.quoted())
+            .chain([quote_ident(VERSION_COLUMN)])
+            .map(|c| format!("s.{c}"))
             .collect::<Vec<_>>()
             .join(", "),
         stage = stage_name(entity),
@@ -253,6 +280,378 @@ returning {keys}, {name}",
         keys = key_text(entity, "t"),
         name = name_text(entity, "t"),
     )
+}
+
+// ---------------------------------------------------------------- cold path
+
+/// Whether the local table has no row (the cold path copies straight into it).
+pub fn local_is_empty(entity: &EntitySpec) -> String {
+    format!(
+        "select not exists (select 1 from {})",
+        entity.table.quoted()
+    )
+}
+
+/// `COPY local_table FROM STDIN` in binary: the cold path's sink.
+pub fn copy_into_table(entity: &EntitySpec) -> String {
+    format!(
+        "copy {} ({}) from stdin (format binary)",
+        entity.table.quoted(),
+        moved_columns(entity)
+    )
+}
+
+/// The local table's primary key: name, definition, and whether a foreign key references the
+/// table (then the key must stay). Binds `$1`, the quoted table name.
+pub const SELECT_PRIMARY_KEY: &str = "select c.conname::text, pg_get_constraintdef(c.oid),
+       exists (select 1 from pg_constraint f where f.confrelid = c.conrelid and f.contype = 'f')
+from pg_constraint c where c.conrelid = to_regclass($1) and c.contype = 'p'";
+
+/// Drops a constraint (the cold path's primary key, rebuilt after the load).
+pub fn drop_constraint(table: &crate::profile::TableName, name: &str) -> String {
+    format!(
+        "alter table {} drop constraint {}",
+        table.quoted(),
+        quote_ident(name)
+    )
+}
+
+/// Restores a constraint from its catalog definition (`pg_get_constraintdef`).
+pub fn add_constraint(table: &crate::profile::TableName, name: &str, definition: &str) -> String {
+    format!(
+        "alter table {} add constraint {} {definition}",
+        table.quoted(),
+        quote_ident(name)
+    )
+}
+
+/// Cold path: removes just-copied rows whose references are missing, returning their keys.
+pub fn delete_unreferenced(
+    entity: &EntitySpec,
+    targets: &[(&Ident, &EntitySpec)],
+) -> Option<String> {
+    let exists = references_exist(entity, targets, "t")?;
+    Some(format!(
+        "delete from {} t where not ({exists}) returning {}",
+        entity.table.quoted(),
+        key_text(entity, "t")
+    ))
+}
+
+/// Cold path: a bounded sample of the rows just inserted (all are new), key and name.
+pub fn sample_rows(entity: &EntitySpec, limit: usize) -> String {
+    format!(
+        "select {}, {} from {} t limit {limit}",
+        key_text(entity, "t"),
+        name_text(entity, "t"),
+        entity.table.quoted()
+    )
+}
+
+// ---------------------------------------------------------------- diff path
+
+/// Memory for the local download transaction's joins and index builds (per operation, on the
+/// server): enough to keep a million-row hash join in one batch instead of spilling to disk.
+/// `random_page_cost` 1.1 (the usual setting for SSDs and cached data) lets the planner look up
+/// a small stage through the primary key instead of scanning a large table.
+pub const LOCAL_WORK_MEM: &str =
+    "set local work_mem to '64MB'; set local maintenance_work_mem to '128MB'; set local random_page_cost to 1.1";
+
+/// Session settings that make a row's text form the same on both servers, so equal rows hash
+/// equally. (A difference would only cost a re-fetch: updates compare values, not hashes.)
+pub const STABLE_TEXT_SETTINGS: &str = "set local timezone to 'UTC'; set local datestyle to 'ISO, YMD'; \
+set local intervalstyle to 'postgres'; set local extra_float_digits to 1; set local bytea_output to 'hex'";
+
+/// The hash stage: every remote key of the entity with the md5 of its row.
+pub fn hash_stage_name(entity: &EntitySpec) -> String {
+    quote_ident(&format!("meter_sync_hash_{}", entity.name))
+}
+
+/// The diff: keys whose rows are new or changed (`gone` false, to fetch) or gone remotely
+/// (`gone` true).
+pub fn diff_name(entity: &EntitySpec) -> String {
+    quote_ident(&format!("meter_sync_diff_{}", entity.name))
+}
+
+/// How the diff path tells changed rows from unchanged ones. A false "changed" only costs a
+/// re-fetch, because updates compare values; a false "unchanged" would miss an update, which
+/// none of these allows short of a 64-bit collision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeCheck {
+    /// The remote row version (`xmin`), stored locally in [`VERSION_COLUMN`]: every update of
+    /// a remote row gives it a new version, and comparing versions hashes nothing. Local edits
+    /// to a mirrored row go unnoticed until the remote row changes (`download --full` checks
+    /// every value).
+    Version,
+    /// `hash_record_extended(row(...), 0)` (PostgreSQL 14+): each type's own binary hash, the
+    /// one hash partitioning relies on, so stable across versions and platforms. 64 bits.
+    Record,
+    /// `md5(row(...)::text)::uuid`: for older servers and types without a hash function
+    /// (json, xml, geometric types); needs [`STABLE_TEXT_SETTINGS`] on both sides. 128 bits.
+    Text,
+}
+
+impl ChangeCheck {
+    /// The check for an entity: versions when the remote source is a table (`versioned`),
+    /// else a row hash, `Record` when both servers are 14 or newer and every type hashes.
+    pub fn for_entity(entity: &EntitySpec, versioned: bool, servers_support_record: bool) -> Self {
+        let unhashable = |t: &str| {
+            matches!(
+                t.trim_end_matches("[]"),
+                "json" | "xml" | "point" | "line" | "lseg" | "box" | "path" | "polygon" | "circle"
+            )
+        };
+        if versioned {
+            ChangeCheck::Version
+        } else if servers_support_record
+            && !entity
+                .columns
+                .iter()
+                .any(|c| unhashable(c.sql_type.as_str()))
+        {
+            ChangeCheck::Record
+        } else {
+            ChangeCheck::Text
+        }
+    }
+
+    fn sql_type(self) -> &'static str {
+        match self {
+            ChangeCheck::Version | ChangeCheck::Record => "bigint",
+            ChangeCheck::Text => "uuid",
+        }
+    }
+}
+
+/// The version or hash of the row aliased `alias`.
+fn row_hash(entity: &EntitySpec, alias: &str, kind: ChangeCheck) -> String {
+    let cols = entity
+        .columns
+        .iter()
+        .map(|c| format!("{alias}.{}", c.name.quoted()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    match kind {
+        ChangeCheck::Version => format!("{alias}.{}", quote_ident(VERSION_COLUMN)),
+        ChangeCheck::Record => format!("hash_record_extended(row({cols}), 0)"),
+        ChangeCheck::Text => format!("md5(row({cols})::text)::uuid"),
+    }
+}
+
+/// The remote side of the diff: each row's key and hash, tenant-filtered like the rows.
+pub fn remote_hash_select(entity: &EntitySpec, tenant: &TenantId, kind: ChangeCheck) -> String {
+    let keys = entity
+        .key
+        .iter()
+        .map(|k| format!("r.{}", k.quoted()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "select {keys}, {} from ({}) r",
+        row_hash(entity, "r", kind),
+        remote_select(entity, tenant, kind == ChangeCheck::Version)
+    )
+}
+
+/// The empty hash stage, typed like the local key columns.
+pub fn create_hash_stage(entity: &EntitySpec, kind: ChangeCheck) -> String {
+    format!(
+        "create temporary table {} on commit drop as select {}, null::{} as meter_sync_hash from {} with no data",
+        hash_stage_name(entity),
+        column_list(&entity.key),
+        kind.sql_type(),
+        entity.table.quoted()
+    )
+}
+
+/// `COPY hash_stage FROM STDIN` in binary.
+pub fn copy_into_hash_stage(entity: &EntitySpec) -> String {
+    format!(
+        "copy {} ({}, meter_sync_hash) from stdin (format binary)",
+        hash_stage_name(entity),
+        column_list(&entity.key)
+    )
+}
+
+/// Rows of `relation` with a NULL key column.
+pub fn count_null_keys_in(entity: &EntitySpec, relation: &str) -> String {
+    let any_null = entity
+        .key
+        .iter()
+        .map(|k| format!("{} is null", k.quoted()))
+        .collect::<Vec<_>>()
+        .join(" or ");
+    format!("select count(*) from {relation} where {any_null}")
+}
+
+/// A unique index on a relation's key columns, then statistics for the planner.
+pub fn index_keys(entity: &EntitySpec, relation: &str) -> String {
+    format!(
+        "create unique index on {relation} ({}); analyze {relation}",
+        column_list(&entity.key)
+    )
+}
+
+/// One full join of the remote keys (with version or hash) and the local ones: the keys that
+/// are new, changed or gone. The local side is projected to (key, version or hash) behind
+/// `offset 0` so the join's hash table holds narrow rows.
+pub fn create_diff(entity: &EntitySpec, kind: ChangeCheck) -> String {
+    let first = entity.key.first().map(Ident::quoted).unwrap_or_default();
+    format!(
+        "create temporary table {diff} on commit drop as
+select {keys}, h.{first} is null as gone
+from {hstage} h full join (select {tkeys}, {hash} as meter_sync_hash from {table} t offset 0) t on {join}
+where h.{first} is null or t.{first} is null or h.meter_sync_hash is distinct from t.meter_sync_hash",
+        diff = diff_name(entity),
+        keys = entity
+            .key
+            .iter()
+            .map(|k| format!("coalesce(h.{q}, t.{q}) as {q}", q = k.quoted()))
+            .collect::<Vec<_>>()
+            .join(", "),
+        hstage = hash_stage_name(entity),
+        tkeys = entity.key.iter().map(|k| format!("t.{}", k.quoted())).collect::<Vec<_>>().join(", "),
+        hash = row_hash(entity, "t", kind),
+        table = entity.table.quoted(),
+        join = key_join(entity, "h", "t"),
+    )
+}
+
+/// How many keys must be fetched (new or changed).
+pub fn count_need(entity: &EntitySpec) -> String {
+    format!("select count(*) from {} where not gone", diff_name(entity))
+}
+
+/// Takes up to `limit` keys to fetch off the diff, as text: a queue consumed batch by batch.
+pub fn take_need_batch(entity: &EntitySpec, limit: usize) -> String {
+    format!(
+        "delete from {diff} n where ctid in (select ctid from {diff} where not gone limit {limit}) returning {keys}",
+        diff = diff_name(entity),
+        keys = key_text(entity, "n")
+    )
+}
+
+/// One key that the remote rows repeat, as text, if any.
+pub fn find_duplicate_key(entity: &EntitySpec, relation: &str) -> String {
+    let keys = column_list(&entity.key);
+    format!(
+        "select {} from {relation} r group by {keys} having count(*) > 1 limit 1",
+        key_text(entity, "r")
+    )
+}
+
+/// Drops the diff path's temporary tables.
+pub fn drop_diff_tables(entity: &EntitySpec) -> String {
+    format!(
+        "drop table if exists {}; drop table if exists {}",
+        hash_stage_name(entity),
+        diff_name(entity)
+    )
+}
+
+/// Local rows the diff marks gone: deleted or deactivated per `on_missing`, returning keys.
+pub fn apply_gone(entity: &EntitySpec) -> Option<String> {
+    let gone = format!("d.gone and {}", key_join(entity, "t", "d"));
+    let diff = diff_name(entity);
+    match &entity.on_missing {
+        OnMissing::Keep => None,
+        OnMissing::Delete => Some(format!(
+            "delete from {} t using {diff} d where {gone} returning {}",
+            entity.table.quoted(),
+            key_text(entity, "t")
+        )),
+        OnMissing::Deactivate { column } => Some(format!(
+            "update {} t set {c} = false from {diff} d where {gone} and t.{c} is distinct from false returning {}",
+            entity.table.quoted(),
+            key_text(entity, "t"),
+            c = column.quoted()
+        )),
+    }
+}
+
+/// The remote rows with the given keys: binds one `text[]` per key column, each element cast
+/// to the key column's remote type (`key_types`, catalog type names).
+pub fn remote_select_by_keys(
+    entity: &EntitySpec,
+    tenant: &TenantId,
+    versioned: bool,
+    key_types: &[&str],
+) -> String {
+    let tuple = entity
+        .key
+        .iter()
+        .map(|k| format!("r.{}", k.quoted()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let arrays = key_types
+        .iter()
+        .enumerate()
+        .map(|(i, ty)| format!("(${}::text[])::{}[]", i + 1, quote_ident(ty)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "select r.* from ({}) r where ({tuple}) in (select * from unnest({arrays}))",
+        remote_select(entity, tenant, versioned)
+    )
+}
+
+/// Diff path, fetched rows: removes stage rows whose references are missing and marks their
+/// keys gone (an existing local row is then handled as missing); returns keys.
+pub fn skip_unreferenced_fetched(
+    entity: &EntitySpec,
+    targets: &[(&Ident, &EntitySpec)],
+) -> Option<String> {
+    let exists = references_exist(entity, targets, "s")?;
+    Some(format!(
+        "with skipped as (delete from {stage} s where not ({exists}) returning {skeys})
+insert into {diff} as d ({keys}, gone) select {skeys2}, true from skipped s returning {text}",
+        stage = stage_name(entity),
+        skeys = entity
+            .key
+            .iter()
+            .map(|k| format!("s.{}", k.quoted()))
+            .collect::<Vec<_>>()
+            .join(", "),
+        skeys2 = entity
+            .key
+            .iter()
+            .map(|k| format!("s.{}", k.quoted()))
+            .collect::<Vec<_>>()
+            .join(", "),
+        diff = diff_name(entity),
+        keys = column_list(&entity.key),
+        text = key_text(entity, "d"),
+    ))
+}
+
+/// Diff path, unchanged rows: a row equal on both sides whose reference is now missing locally
+/// is skipped too (marked gone); returns keys.
+pub fn skip_unreferenced_unchanged(
+    entity: &EntitySpec,
+    targets: &[(&Ident, &EntitySpec)],
+) -> Option<String> {
+    let exists = references_exist(entity, targets, "t")?;
+    Some(format!(
+        "insert into {diff} as d ({keys}, gone)
+select {tkeys}, true from {table} t
+where not ({exists})
+  and not exists (select 1 from {diff} e where {djoin})
+  and not exists (select 1 from {stage} s where {sjoin})
+returning {text}",
+        diff = diff_name(entity),
+        keys = column_list(&entity.key),
+        tkeys = entity
+            .key
+            .iter()
+            .map(|k| format!("t.{}", k.quoted()))
+            .collect::<Vec<_>>()
+            .join(", "),
+        table = entity.table.quoted(),
+        djoin = key_join(entity, "e", "t"),
+        stage = stage_name(entity),
+        sjoin = key_join(entity, "s", "t"),
+        text = key_text(entity, "d"),
+    ))
 }
 
 /// Up to three tenant ids from the local tenant table (its single key column), as text.
@@ -302,26 +701,26 @@ mod tests {
     #[test]
     fn remote_select_filters_by_tenant_literal() {
         let tenant = TenantId::parse("42").unwrap();
-        let sql = remote_select(&default_entity("register"), &tenant);
+        let sql = remote_select(&default_entity("register"), &tenant, true);
         assert_eq!(
             sql,
-            "select \"id\", \"name\", \"register\", \"unit\", \"field_name\" from \"register\" where \"tenant_id\" = '42'"
+            "select \"id\", \"name\", \"register\", \"unit\", \"field_name\", xmin::text::bigint as \"meter_sync_version\" from \"register\" where \"tenant_id\" = '42'"
         );
-        let dr = remote_select(&default_entity("device_register"), &tenant);
-        assert!(dr.starts_with("select \"id\", \"device_id\", \"register_id\", \"created_at\", \"updated_at\" from (\n"), "{dr}");
+        let dr = remote_select(&default_entity("device_register"), &tenant, false);
+        assert!(dr.starts_with("select \"id\", \"device_id\", \"register_id\", \"created_at\", \"updated_at\", null::bigint as \"meter_sync_version\" from (\n"), "{dr}");
         assert!(dr.contains("where r.tenant_id = '42'"), "{dr}");
     }
 
     #[test]
     fn missing_rows_follow_on_missing() {
-        let meter = apply_missing(&default_entity("meter")).unwrap();
+        let meter = apply_missing(&default_entity("meter"), "\"stage\"").unwrap();
         assert!(meter.starts_with("update \"meter\" t set \"active\" = false where t.\"active\" is distinct from false"), "{meter}");
-        let register = apply_missing(&default_entity("register")).unwrap();
+        let register = apply_missing(&default_entity("register"), "\"stage\"").unwrap();
         assert!(
             register.starts_with("delete from \"register\" t where not exists"),
             "{register}"
         );
-        assert_eq!(apply_missing(&default_entity("tenant")), None);
+        assert_eq!(apply_missing(&default_entity("tenant"), "\"stage\""), None);
     }
 
     #[test]

@@ -4,8 +4,10 @@
 //! formats SQL from data.
 
 mod download;
+mod upload;
 
 pub use download::*;
+pub use upload::*;
 
 use crate::profile::{
     ColumnSpec, DefaultValue, EntitySpec, Ident, ReadingsSpec, SqlType, TableName,
@@ -40,13 +42,30 @@ pub fn column_definition(column: &ColumnSpec) -> String {
 /// The local columns of an entity: its synced columns (the remote-only tenant column is not
 /// among them unless the profile lists it).
 pub fn create_entity_table(entity: &EntitySpec) -> String {
-    let mut parts: Vec<String> = entity.columns.iter().map(column_definition).collect();
+    let mut parts: Vec<String> = entity_local_columns(entity)
+        .iter()
+        .map(column_definition)
+        .collect();
     parts.push(format!("primary key ({})", column_list(&entity.key)));
     format!(
         "create table {} (\n    {}\n)",
         entity.table.quoted(),
         parts.join(",\n    ")
     )
+}
+
+/// An entity's local columns: the remote row version (bookkeeping) first, then the profile's.
+/// First, because the diff reads it for every row: PostgreSQL decodes a row's columns in order
+/// up to the last one a query needs, so a version at the end would cost decoding every column.
+pub fn entity_local_columns(entity: &EntitySpec) -> Vec<ColumnSpec> {
+    let mut columns = vec![ColumnSpec {
+        name: Ident::constant(VERSION_COLUMN),
+        sql_type: SqlType::constant("bigint"),
+        nullable: true,
+        default: None,
+    }];
+    columns.extend(entity.columns.iter().cloned());
+    columns
 }
 
 /// The readings bookkeeping columns the service adds locally, in order.
@@ -67,6 +86,7 @@ pub fn readings_local_columns() -> Vec<ColumnSpec> {
             false,
             Some(DefaultValue::Bool(false)),
         ),
+        col("synced_at", "timestamptz", true, None),
         col(
             "sync_attempts",
             "integer",
@@ -176,7 +196,9 @@ mod tests {
         let meter = profile.entity("meter").unwrap();
         let ddl = create_entity_table(meter);
         assert!(
-            ddl.starts_with("create table \"meter\" (\n    \"id\" bigint not null,"),
+            ddl.starts_with(
+                "create table \"meter\" (\n    \"meter_sync_version\" bigint,\n    \"id\" bigint not null,"
+            ),
             "{ddl}"
         );
         assert!(ddl.contains("\"active\" boolean default true"), "{ddl}");

@@ -263,6 +263,7 @@ pub async fn download(
             tenant: tenant.as_ref(),
             only: &only,
             backoff: meter_sync::pg::Backoff::connection(&env.config.retry),
+            full: false,
         },
     )
     .await

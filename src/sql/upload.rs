@@ -1,0 +1,235 @@
+//! Statements of the upload engine. The local claim table holds the ids of the batch being
+//! uploaded (locked with `FOR UPDATE SKIP LOCKED`); the remote stage holds the batch's rows on
+//! the remote until they are inserted.
+
+use crate::profile::{quote_ident, Ident, ReadingsSpec};
+
+use super::column_list;
+
+/// The local temporary table of claimed ids, emptied at every commit.
+pub const CREATE_CLAIM: &str =
+    "create temporary table if not exists meter_sync_claim (id bigint primary key) on commit delete rows";
+
+/// The claimed ids, in order (at most one batch).
+pub const SELECT_CLAIMED: &str = "select id from meter_sync_claim order by id";
+
+fn uploaded(readings: &ReadingsSpec) -> String {
+    column_list(readings.columns.iter().map(|c| &c.name))
+}
+
+/// The condition of a reading waiting to be uploaded.
+const QUEUED: &str = "not is_synchronized and quarantined_at is null";
+
+/// Claims up to `$1` queued readings, oldest first, skipping rows another uploader holds.
+pub fn claim(readings: &ReadingsSpec) -> String {
+    format!(
+        "insert into meter_sync_claim (id)
+select {id} from {table} where {queued}
+order by {order} limit $1
+for update skip locked",
+        id = readings.id_column.quoted(),
+        table = readings.table.quoted(),
+        queued = QUEUED,
+        order = column_list(&readings.order_by),
+    )
+}
+
+/// The claimed rows as binary COPY: local id, then the uploaded columns.
+pub fn copy_claimed_out(readings: &ReadingsSpec) -> String {
+    format!(
+        "copy (select r.{id}, {cols} from {table} r join meter_sync_claim c on c.id = r.{id}) to stdout (format binary)",
+        id = readings.id_column.quoted(),
+        cols = readings
+            .columns
+            .iter()
+            .map(|c| format!("r.{}", c.name.quoted()))
+            .collect::<Vec<_>>()
+            .join(", "),
+        table = readings.table.quoted(),
+    )
+}
+
+/// After the remote commit: removes the claimed rows except the failed ids (`$1`).
+pub fn delete_claimed(readings: &ReadingsSpec) -> String {
+    format!(
+        "delete from {table} r using meter_sync_claim c where r.{id} = c.id and not (r.{id} = any($1::bigint[]))",
+        table = readings.table.quoted(),
+        id = readings.id_column.quoted(),
+    )
+}
+
+/// After the remote commit (`after_upload = "mark"`): marks the claimed rows synchronized.
+pub fn mark_claimed(readings: &ReadingsSpec) -> String {
+    format!(
+        "update {table} r set is_synchronized = true, synced_at = now(), sync_error = null
+from meter_sync_claim c where r.{id} = c.id and not (r.{id} = any($1::bigint[]))",
+        table = readings.table.quoted(),
+        id = readings.id_column.quoted(),
+    )
+}
+
+/// Records a rejected row: binds `$1` id, `$2` error text, `$3` MAX_ROW_FAILURES; returns
+/// whether the row is now quarantined.
+pub fn record_failure(readings: &ReadingsSpec) -> String {
+    format!(
+        "update {table} set sync_attempts = sync_attempts + 1, sync_error = $2,
+    quarantined_at = case when sync_attempts + 1 >= $3 then now() end
+where {id} = $1 returning quarantined_at is not null",
+        table = readings.table.quoted(),
+        id = readings.id_column.quoted(),
+    )
+}
+
+/// Queue size, quarantined count and the age in seconds of the oldest queued reading (by the
+/// first `order_by` column, or NULL when that is the id).
+pub fn queue_stats(readings: &ReadingsSpec) -> String {
+    let first = readings
+        .order_by
+        .first()
+        .filter(|c| **c != readings.id_column);
+    let age = match first {
+        Some(column) => format!(
+            "extract(epoch from now() - min({}::timestamptz) filter (where {}))::float8",
+            column.quoted(),
+            QUEUED
+        ),
+        None => "null::float8".into(),
+    };
+    format!(
+        "select count(*) filter (where {queued}), count(*) filter (where quarantined_at is not null), {age} from {table}",
+        queued = QUEUED,
+        table = readings.table.quoted(),
+    )
+}
+
+/// Deletes readings marked synchronized more than `$1` days ago (`after_upload = "mark"`).
+pub fn purge_synchronized(readings: &ReadingsSpec) -> String {
+    format!(
+        "delete from {} where is_synchronized and synced_at < now() - make_interval(days => $1)",
+        readings.table.quoted()
+    )
+}
+
+/// Quarantined readings for the operator: id, the uploaded columns as one text, attempts,
+/// error, since when. Binds `$1` limit.
+pub fn list_quarantined(readings: &ReadingsSpec) -> String {
+    format!(
+        "select {id}, row({cols})::text, sync_attempts, sync_error, quarantined_at
+from {table} where quarantined_at is not null order by {id} limit $1",
+        id = readings.id_column.quoted(),
+        cols = uploaded(readings),
+        table = readings.table.quoted(),
+    )
+}
+
+/// Releases quarantined readings for another try: all of them, or the ids in `$1`.
+pub fn release_quarantined(readings: &ReadingsSpec, all: bool) -> String {
+    let filter = if all {
+        String::new()
+    } else {
+        format!(" and {} = any($1::bigint[])", readings.id_column.quoted())
+    };
+    format!(
+        "update {table} set quarantined_at = null, sync_attempts = 0, sync_error = null
+where quarantined_at is not null{filter} returning {id}",
+        table = readings.table.quoted(),
+        id = readings.id_column.quoted(),
+    )
+}
+
+/// The local and remote `SELECT`s whose result types must match.
+pub fn readings_select(readings: &ReadingsSpec, remote: bool) -> String {
+    let table = if remote {
+        &readings.remote_table
+    } else {
+        &readings.table
+    };
+    format!("select {} from {}", uploaded(readings), table.quoted())
+}
+
+/// The remote stage's name for a readings table.
+pub fn upload_stage_name(readings: &ReadingsSpec) -> String {
+    quote_ident(&format!(
+        "meter_sync_upload_{}",
+        readings.remote_table.bare()
+    ))
+}
+
+/// The remote stage: local id plus the uploaded columns, emptied at every commit.
+pub fn create_upload_stage(readings: &ReadingsSpec) -> String {
+    format!(
+        "create temporary table if not exists {stage} on commit delete rows as
+select null::bigint as meter_sync_local_id, {cols} from {remote} with no data",
+        stage = upload_stage_name(readings),
+        cols = uploaded(readings),
+        remote = readings.remote_table.quoted(),
+    )
+}
+
+/// `COPY remote_stage FROM STDIN` in binary.
+pub fn copy_into_upload_stage(readings: &ReadingsSpec) -> String {
+    format!(
+        "copy {} (meter_sync_local_id, {}) from stdin (format binary)",
+        upload_stage_name(readings),
+        uploaded(readings)
+    )
+}
+
+/// The columns of a remote unique index that lies within the dedupe key, if any: binds `$1`
+/// the quoted remote table, `$2` the dedupe key column names.
+pub const SELECT_DEDUPE_INDEX: &str = "select array_agg(a.attname::text order by k.ord)
+from pg_index i
+cross join lateral unnest(i.indkey::int2[]) with ordinality k(attnum, ord)
+join pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum
+where i.indrelid = to_regclass($1) and i.indisunique and i.indpred is null and not (0 = any(i.indkey::int2[]))
+group by i.indexrelid
+having array_agg(a.attname::text) <@ $2::text[]
+limit 1";
+
+/// Inserts the staged rows with local ids in `$1` that are not on the remote yet, returning
+/// nothing; the row count is what was inserted. With `conflict_target` (a unique index within
+/// the dedupe key) the server skips duplicates; otherwise an anti-join on the dedupe key does,
+/// keeping one row per key within the batch.
+pub fn insert_new_readings(readings: &ReadingsSpec, conflict_target: Option<&[Ident]>) -> String {
+    let cols = uploaded(readings);
+    let stage = upload_stage_name(readings);
+    let remote = readings.remote_table.quoted();
+    let scols = readings
+        .columns
+        .iter()
+        .map(|c| format!("s.{}", c.name.quoted()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    match conflict_target {
+        Some(target) => format!(
+            "insert into {remote} ({cols})
+select {scols} from {stage} s where s.meter_sync_local_id = any($1::bigint[])
+order by s.meter_sync_local_id
+on conflict ({}) do nothing",
+            column_list(target)
+        ),
+        None => {
+            let dedupe = readings
+                .dedupe_key
+                .iter()
+                .map(|k| format!("s.{}", k.quoted()))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let join = readings
+                .dedupe_key
+                .iter()
+                .map(|k| format!("r.{q} = s.{q}", q = k.quoted()))
+                .collect::<Vec<_>>()
+                .join(" and ");
+            format!(
+                "insert into {remote} ({cols})
+select {cols} from (
+    select distinct on ({dedupe}) {scols} from {stage} s
+    where s.meter_sync_local_id = any($1::bigint[])
+      and not exists (select 1 from {remote} r where {join})
+    order by {dedupe}, s.meter_sync_local_id
+) as new_rows"
+            )
+        }
+    }
+}
