@@ -13,6 +13,7 @@ use crate::download::{self, DownloadReport, DownloadRequest};
 use crate::pg::{self, Backoff, Pools};
 use crate::profile::Profile;
 use crate::schema;
+use crate::upload;
 
 /// Exit code: everything succeeded.
 pub const EXIT_OK: u8 = 0;
@@ -65,12 +66,53 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Upload queued meter readings to the remote now, draining the queue batch by batch.
+    /// Exit 0 when the run ended without error (refused readings are reported), 1 otherwise.
+    Upload {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the upload queue (size, oldest unsent reading, quarantined) and the last runs.
+    Status {
+        /// Print the status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List quarantined readings (refused by the remote MAX_ROW_FAILURES times) or release them.
+    Quarantine {
+        #[command(subcommand)]
+        action: QuarantineAction,
+    },
     /// Create or complete the local schema of the active profile (tables, readings queue
     /// index, sync_logs, meter_sync_log view). Idempotent; never touches the remote.
     Migrate {
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
+    },
+}
+
+/// `meter-sync quarantine ...`.
+#[derive(Debug, Subcommand)]
+pub enum QuarantineAction {
+    /// List quarantined readings with their error.
+    List {
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put quarantined readings back in the queue (attempts reset).
+    Release {
+        /// Release every quarantined reading.
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+        /// Release this reading (repeatable).
+        #[arg(long = "id", value_name = "ID", required_unless_present = "all")]
+        ids: Vec<i64>,
     },
 }
 
@@ -137,6 +179,9 @@ pub async fn run(cli: Cli) -> ExitCode {
             full,
             json,
         } => download(&config, &profile, &entities, full, json).await,
+        Command::Upload { json } => upload(&config, &profile, json).await,
+        Command::Status { json } => status(&config, &profile, json).await,
+        Command::Quarantine { action } => quarantine(&config, &profile, action).await,
     }
 }
 
@@ -347,5 +392,193 @@ pub fn print_download(report: &DownloadReport) {
     }
     if report.entities.iter().any(|e| e.on_missing == "deactivate") {
         println!("* deactivated (active = false) rather than deleted");
+    }
+}
+
+/// The readings spec, or a usage error when the profile has none.
+fn readings(profile: &Profile) -> Result<&crate::profile::ReadingsSpec, ExitCode> {
+    profile.readings.as_ref().ok_or_else(|| {
+        eprintln!(
+            "meter-sync: profile {} has no [readings] table to upload",
+            profile.origin
+        );
+        ExitCode::from(EXIT_USAGE)
+    })
+}
+
+/// The upload settings of a configuration.
+pub fn upload_request<'a>(
+    config: &Config,
+    readings: &'a crate::profile::ReadingsSpec,
+) -> upload::UploadRequest<'a> {
+    upload::UploadRequest {
+        readings,
+        batch_size: config.batch_size,
+        max_batches: config.max_batches_per_run,
+        connect: Backoff::connection(&config.retry),
+        retry: Backoff::query(&config.retry),
+        max_row_failures: config.max_row_failures,
+        retention_days: config.reading_retention_days,
+    }
+}
+
+async fn upload(config: &Config, profile: &Profile, json: bool) -> ExitCode {
+    let readings = match readings(profile) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let pools = match Pools::new(config) {
+        Ok(pools) => pools,
+        Err(e) => return usage_error(e),
+    };
+    let report = upload::run(&pools, upload_request(config, readings)).await;
+    if json {
+        let mut value = serde_json::to_value(&report).unwrap_or_default();
+        value["success"] = report.success().into();
+        println!("{value:#}");
+    } else {
+        let verdict = if report.success() { "ok" } else { "FAILED" };
+        println!(
+            "upload: {verdict} in {} ms: {} uploaded, {} already on the remote, {} removed locally, {} refused ({} quarantined), {} batches",
+            report.duration_ms, report.uploaded, report.deduplicated, report.removed, report.rejected_count, report.quarantined, report.batches
+        );
+        if let (Some(before), Some(after)) = (report.queue_before, report.queue_after) {
+            println!(
+                "queue: {} before, {} after; {} quarantined",
+                before.size, after.size, after.quarantined
+            );
+        }
+        for r in &report.rejected {
+            println!(
+                "refused reading {}: {}{}",
+                r.id,
+                r.error,
+                if r.quarantined { " (quarantined)" } else { "" }
+            );
+        }
+        if let Some(error) = &report.error {
+            println!("error: {error}");
+        }
+    }
+    ExitCode::from(if report.success() {
+        EXIT_OK
+    } else {
+        EXIT_FAILED
+    })
+}
+
+async fn status(config: &Config, profile: &Profile, json: bool) -> ExitCode {
+    let result = async {
+        let client = pg::connect(&config.local, &config.pool).await?;
+        let queue = match &profile.readings {
+            Some(r) => Some(upload::queue_stats(&client, r).await?),
+            None => None,
+        };
+        let meter_count = crate::status::meter_count(&client, profile).await?;
+        let last = crate::status::last_runs(&client).await?;
+        Ok::<_, pg::PgError>((queue, meter_count, last))
+    }
+    .await;
+    match result {
+        Ok((queue, meter_count, last)) => {
+            if json {
+                println!(
+                    "{:#}",
+                    serde_json::json!({ "queue": queue, "meter_count": meter_count, "last_runs": last })
+                );
+            } else {
+                match queue {
+                    Some(q) => println!(
+                        "upload queue: {} readings, oldest {}, {} quarantined",
+                        q.size,
+                        q.oldest_age_seconds
+                            .map_or("-".to_string(), |s| format!("{s:.0} s old")),
+                        q.quarantined
+                    ),
+                    None => println!("upload queue: (the profile has no readings table)"),
+                }
+                if let Some(n) = meter_count {
+                    println!("active meters: {n}");
+                }
+                if last.is_empty() {
+                    println!("no sync has run yet");
+                }
+                for run in &last {
+                    println!(
+                        "last {}{}: {} at {} ({} ms){}",
+                        run.sync_type,
+                        run.entity
+                            .as_deref()
+                            .map(|e| format!(" {e}"))
+                            .unwrap_or_default(),
+                        if run.success { "ok" } else { "FAILED" },
+                        run.timestamp.to_rfc3339(),
+                        run.duration_ms.unwrap_or(0),
+                        run.error_message
+                            .as_deref()
+                            .map(|e| format!(": {e}"))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+            ExitCode::from(EXIT_OK)
+        }
+        Err(e) => {
+            eprintln!("meter-sync: status: {}", chain(&e));
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+async fn quarantine(config: &Config, profile: &Profile, action: QuarantineAction) -> ExitCode {
+    let readings = match readings(profile) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let client = match pg::connect(&config.local, &config.pool).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("meter-sync: {}", chain(&e));
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    let outcome = match action {
+        QuarantineAction::List { limit, json } => {
+            upload::list_quarantined(&client, readings, limit.clamp(1, 100_000))
+                .await
+                .map(|list| {
+                    if json {
+                        println!("{:#}", serde_json::to_value(&list).unwrap_or_default());
+                    } else if list.is_empty() {
+                        println!("no quarantined readings");
+                    } else {
+                        for q in &list {
+                            println!(
+                                "{}\t{}\t{} attempts\tsince {}\t{}",
+                                q.id,
+                                q.row,
+                                q.attempts,
+                                q.quarantined_at.to_rfc3339(),
+                                q.error.as_deref().unwrap_or("")
+                            );
+                        }
+                    }
+                })
+        }
+        QuarantineAction::Release { all, ids } => {
+            let chosen = if all { None } else { Some(ids.as_slice()) };
+            upload::release_quarantined(&client, readings, chosen)
+                .await
+                .map(|released| {
+                    println!("released {} reading(s) for another upload", released.len())
+                })
+        }
+    };
+    match outcome {
+        Ok(()) => ExitCode::from(EXIT_OK),
+        Err(e) => {
+            eprintln!("meter-sync: {}", chain(&e));
+            ExitCode::from(EXIT_FAILED)
+        }
     }
 }

@@ -10,3 +10,5 @@ mod download;
 mod download_props;
 mod fixture;
 mod migrate;
+mod upload;
+mod upload_props;

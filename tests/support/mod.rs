@@ -298,3 +298,38 @@ pub fn proptest_config(default: u32) -> proptest::test_runner::Config {
     config.failure_persistence = None;
     config
 }
+
+/// A test environment whose remote has the default schema (no configuration rows needed) and a
+/// migrated local database.
+pub async fn upload_env(label: &str, extra: &[(&str, &str)]) -> (TestEnv, Profile) {
+    let env = TestEnv::with_settings(label, extra).await;
+    load_remote_fixture(
+        &env.remote,
+        Layout::Default,
+        FixtureSize {
+            tenants: 1,
+            meters_per_tenant: 1,
+            elements_per_meter: 1,
+            registers_per_tenant: 1,
+            registers_per_device: 1,
+        },
+    )
+    .await;
+    let profile = Profile::builtin_default().unwrap();
+    migrate_local(&env.local, &profile).await;
+    (env, profile)
+}
+
+/// Runs one upload with the environment's configuration.
+pub async fn upload(env: &TestEnv, profile: &Profile) -> meter_sync::upload::UploadReport {
+    let readings = profile.readings.as_ref().unwrap();
+    meter_sync::upload::run(
+        &pools(env),
+        meter_sync::cli::upload_request(&env.config, readings),
+    )
+    .await
+}
+
+/// Readings as comparable text rows (every uploaded column), sorted: a multiset.
+pub const READINGS_MULTISET: &str =
+    "select meter_id, timestamp, value, unit, metadata from meter_readings order by meter_id, timestamp, unit, value::text, metadata::text";

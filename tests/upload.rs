@@ -1,0 +1,405 @@
+//! The upload engine against real clusters: examples, faults, crashes and concurrency.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use meter_sync::fixture::insert_local_readings;
+use meter_sync::pgcluster::{ClusterOptions, PgCluster, StopMode};
+use meter_sync::profile::Profile;
+
+use crate::support::{connect, count, rows_text, upload, upload_env, READINGS_MULTISET};
+
+#[tokio::test]
+async fn upload_moves_every_reading_once_and_empties_the_queue() {
+    let (env, profile) = upload_env("up_basic", &[("BATCH_SIZE", "100")]).await;
+    let local = env.local.client().await;
+    insert_local_readings(&local, 250, 7, 0).await.unwrap();
+    let original = rows_text(&local, READINGS_MULTISET).await;
+    let report = upload(&env, &profile).await;
+    assert!(report.success(), "{report:#?}");
+    assert_eq!(
+        (
+            report.uploaded,
+            report.deduplicated,
+            report.removed,
+            report.batches
+        ),
+        (250, 0, 250, 3)
+    );
+    assert_eq!(report.queue_before.unwrap().size, 250);
+    assert_eq!(report.queue_after.unwrap().size, 0);
+    let remote = env.remote.client().await;
+    assert_eq!(rows_text(&remote, READINGS_MULTISET).await, original);
+    assert_eq!(count(&local, "meter_readings").await, 0);
+    let log = rows_text(
+        &local,
+        "select sync_type, success, inserted, deleted from sync_logs",
+    )
+    .await;
+    assert_eq!(log, ["(upload,t,250,250)"]);
+    // Nothing queued: a no-op run.
+    let again = upload(&env, &profile).await;
+    assert_eq!((again.uploaded, again.batches), (0, 0));
+}
+
+async fn resend_is_a_noop(label: &str, drop_unique_index: bool) {
+    let (env, profile) = upload_env(label, &[]).await;
+    let remote = env.remote.client().await;
+    if drop_unique_index {
+        remote
+            .batch_execute("drop index meter_readings_dedupe_idx; create index on meter_readings (meter_id, timestamp)")
+            .await
+            .unwrap();
+    }
+    let local = env.local.client().await;
+    insert_local_readings(&local, 120, 4, 0).await.unwrap();
+    let original = rows_text(&local, READINGS_MULTISET).await;
+    assert_eq!(upload(&env, &profile).await.uploaded, 120);
+    // As if the process died after the remote commit, before the local delete: the same
+    // readings are queued again, plus 30 new ones.
+    insert_local_readings(&local, 150, 4, 0).await.unwrap();
+    let report = upload(&env, &profile).await;
+    assert!(report.success(), "{report:#?}");
+    assert_eq!(
+        (report.uploaded, report.deduplicated, report.removed),
+        (30, 120, 150)
+    );
+    insert_local_readings(&local, 150, 4, 0).await.unwrap();
+    let mut expected = rows_text(&local, READINGS_MULTISET).await;
+    expected.sort();
+    let mut on_remote = rows_text(&remote, READINGS_MULTISET).await;
+    on_remote.sort();
+    assert_eq!(on_remote, expected, "each reading exactly once");
+    assert!(original.iter().all(|r| on_remote.contains(r)));
+}
+
+#[tokio::test]
+async fn resend_is_a_noop_with_a_unique_index() {
+    resend_is_a_noop("up_resend_idx", false).await;
+}
+
+#[tokio::test]
+async fn resend_is_a_noop_with_an_anti_join() {
+    resend_is_a_noop("up_resend_anti", true).await;
+}
+
+#[tokio::test]
+async fn a_poison_reading_is_quarantined_and_never_blocks_the_queue() {
+    let (env, profile) = upload_env(
+        "up_poison",
+        &[("BATCH_SIZE", "50"), ("MAX_ROW_FAILURES", "2")],
+    )
+    .await;
+    let remote = env.remote.client().await;
+    remote
+        .batch_execute(
+            "alter table meter_readings add constraint value_in_range check (value < 1000000)",
+        )
+        .await
+        .unwrap();
+    let local = env.local.client().await;
+    insert_local_readings(&local, 120, 5, 0).await.unwrap();
+    let poison: i64 = local
+        .query_one("update meter_readings set value = 5000000 where id = (select min(id) + 7 from meter_readings) returning id", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let report = upload(&env, &profile).await;
+    assert!(report.success(), "{report:#?}");
+    assert_eq!(report.uploaded, 119);
+    assert_eq!(report.quarantined, 1);
+    assert_eq!(report.rejected[0].id, poison);
+    assert!(
+        report.rejected[0].error.contains("value_in_range"),
+        "{:?}",
+        report.rejected[0]
+    );
+    assert_eq!(report.queue_after.unwrap().size, 0);
+    assert_eq!(report.queue_after.unwrap().quarantined, 1);
+    // Kept locally, never deleted; listed with its error.
+    let list = meter_sync::upload::list_quarantined(&local, profile.readings.as_ref().unwrap(), 10)
+        .await
+        .unwrap();
+    assert_eq!((list.len(), list[0].id, list[0].attempts), (1, poison, 2));
+    // More readings flow past it.
+    insert_local_readings(&local, 10, 5, 1000).await.unwrap();
+    assert_eq!(upload(&env, &profile).await.uploaded, 10);
+    // Fixed remotely and released: it arrives.
+    remote
+        .batch_execute("alter table meter_readings drop constraint value_in_range")
+        .await
+        .unwrap();
+    let released =
+        meter_sync::upload::release_quarantined(&local, profile.readings.as_ref().unwrap(), None)
+            .await
+            .unwrap();
+    assert_eq!(released, [poison]);
+    assert_eq!(upload(&env, &profile).await.uploaded, 1);
+    assert_eq!(count(&local, "meter_readings").await, 0);
+    assert_eq!(count(&remote, "meter_readings").await, 130);
+}
+
+#[tokio::test]
+async fn mark_mode_keeps_readings_marked_and_purges_after_retention() {
+    let (env, _) = upload_env("up_mark", &[("READING_RETENTION_DAYS", "0")]).await;
+    let text = meter_sync::profile::DEFAULT_PROFILE_TOML
+        .replace("after_upload = \"delete\"", "after_upload = \"mark\"");
+    let profile = Profile::parse(&text, "mark").unwrap();
+    let local = env.local.client().await;
+    insert_local_readings(&local, 40, 2, 0).await.unwrap();
+    let report = upload(&env, &profile).await;
+    assert_eq!(
+        (report.uploaded, report.removed, report.purged),
+        (40, 40, 40),
+        "{report:#?}"
+    );
+    let (env2, _) = upload_env("up_mark_keep", &[]).await;
+    let local2 = env2.local.client().await;
+    insert_local_readings(&local2, 40, 2, 0).await.unwrap();
+    let report = upload(&env2, &profile).await;
+    assert_eq!(
+        (report.uploaded, report.removed, report.purged),
+        (40, 40, 0)
+    );
+    assert_eq!(
+        rows_text(
+            &local2,
+            "select count(*) from meter_readings where is_synchronized and synced_at is not null"
+        )
+        .await,
+        ["(40)"]
+    );
+    assert_eq!(
+        upload(&env2, &profile).await.uploaded,
+        0,
+        "marked readings are not sent again"
+    );
+}
+
+#[tokio::test]
+async fn a_type_mismatch_stops_the_run_with_the_column_named() {
+    let (env, profile) = upload_env("up_types", &[]).await;
+    env.remote
+        .client()
+        .await
+        .batch_execute("alter table meter_readings alter column value type double precision")
+        .await
+        .unwrap();
+    let local = env.local.client().await;
+    insert_local_readings(&local, 5, 1, 0).await.unwrap();
+    let report = upload(&env, &profile).await;
+    assert!(
+        report
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("value: remote float8, local numeric"),
+        "{report:#?}"
+    );
+    assert_eq!(count(&local, "meter_readings").await, 5);
+}
+
+fn meter_sync_upload(env: &[(String, String)]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_meter-sync"))
+        .arg("upload")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .current_dir(std::env::temp_dir())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn two_upload_processes_on_one_database_never_double_a_reading() {
+    let (env, profile) = upload_env("up_concurrent", &[]).await;
+    let local = env.local.client().await;
+    insert_local_readings(&local, 5000, 13, 0).await.unwrap();
+    let original = rows_text(&local, READINGS_MULTISET).await;
+    let vars = env.env(&[("BATCH_SIZE", "100")]);
+    let codes = tokio::task::spawn_blocking(move || {
+        let mut a = meter_sync_upload(&vars);
+        let mut b = meter_sync_upload(&vars);
+        (a.wait().unwrap().code(), b.wait().unwrap().code())
+    })
+    .await
+    .unwrap();
+    assert!(codes.0 == Some(0) || codes.1 == Some(0), "{codes:?}");
+    // Whatever one of them left (it may have found the other running), a last run finishes.
+    let last = upload(&env, &profile).await;
+    assert!(last.success());
+    assert_eq!(count(&local, "meter_readings").await, 0);
+    let remote = env.remote.client().await;
+    assert_eq!(rows_text(&remote, READINGS_MULTISET).await, original);
+}
+
+#[tokio::test]
+async fn killing_the_uploader_at_random_moments_loses_and_doubles_nothing() {
+    let (env, profile) = upload_env("up_crash", &[]).await;
+    let remote = env.remote.client().await;
+    // The anti-join path (no unique index): the engine itself must make resends harmless.
+    remote
+        .batch_execute("drop index meter_readings_dedupe_idx; create index on meter_readings (meter_id, timestamp)")
+        .await
+        .unwrap();
+    let local = env.local.client().await;
+    insert_local_readings(&local, 20_000, 50, 0).await.unwrap();
+    let original = rows_text(&local, READINGS_MULTISET).await;
+    let points: u64 = std::env::var("CRASH_POINTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let vars = env.env(&[("BATCH_SIZE", "250")]);
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    for _ in 0..points {
+        // A deterministic spread of kill moments between 0 and 400 ms.
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let delay = Duration::from_millis(seed % 400);
+        let vars = vars.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut child = meter_sync_upload(&vars);
+            std::thread::sleep(delay);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let _ = child.wait();
+        })
+        .await
+        .unwrap();
+    }
+    let remaining = count(&local, "meter_readings").await;
+    assert!(remaining < 20_000, "the killed runs made progress");
+    let last = upload(&env, &profile).await;
+    assert!(last.success(), "{last:#?}");
+    assert_eq!(count(&local, "meter_readings").await, 0);
+    assert_eq!(
+        rows_text(&remote, READINGS_MULTISET).await,
+        original,
+        "exactly the original readings, none twice"
+    );
+}
+
+#[tokio::test]
+async fn a_remote_outage_mid_run_loses_nothing_and_the_next_run_completes() {
+    // A remote cluster of its own: this test stops it.
+    let mut remote_cluster = tokio::task::spawn_blocking(|| {
+        PgCluster::start(&ClusterOptions {
+            label: "test-outage".into(),
+            ..ClusterOptions::default()
+        })
+        .unwrap()
+    })
+    .await
+    .unwrap();
+    let (mut env, profile) = upload_env(
+        "up_outage",
+        &[("BATCH_SIZE", "200"), ("MAX_QUERY_RETRIES", "1")],
+    )
+    .await;
+    let admin = connect(&remote_cluster, "postgres").await;
+    admin
+        .batch_execute("create database central")
+        .await
+        .unwrap();
+    let central = connect(&remote_cluster, "central").await;
+    central
+        .batch_execute(meter_sync::fixture::Layout::Default.remote_schema())
+        .await
+        .unwrap();
+    env.config.remote.port = remote_cluster.port();
+    env.config.remote.dbname = "central".into();
+    let local = env.local.client().await;
+    insert_local_readings(&local, 30_000, 20, 0).await.unwrap();
+    let original = rows_text(&local, READINGS_MULTISET).await;
+    let run = {
+        let pools = crate::support::pools(&env);
+        let readings = profile.readings.clone().unwrap();
+        let config = env.config.clone();
+        tokio::spawn(async move {
+            meter_sync::upload::run(&pools, meter_sync::cli::upload_request(&config, &readings))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut remote_cluster = tokio::task::spawn_blocking(move || {
+        remote_cluster.stop(StopMode::Immediate).unwrap();
+        remote_cluster
+    })
+    .await
+    .unwrap();
+    let interrupted = run.await.unwrap();
+    assert!(
+        !interrupted.success(),
+        "the run saw the outage: {interrupted:#?}"
+    );
+    let remote_cluster = tokio::task::spawn_blocking(move || {
+        remote_cluster.restart().unwrap();
+        remote_cluster
+    })
+    .await
+    .unwrap();
+    let next = upload(&env, &profile).await;
+    assert!(next.success(), "{next:#?}");
+    assert_eq!(count(&local, "meter_readings").await, 0);
+    let central = connect(&remote_cluster, "central").await;
+    assert_eq!(rows_text(&central, READINGS_MULTISET).await, original);
+    drop(central);
+    tokio::task::spawn_blocking(move || drop(remote_cluster))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn upload_status_and_quarantine_commands_work_end_to_end() {
+    let (env, _) = upload_env("up_cli", &[]).await;
+    let local = env.local.client().await;
+    insert_local_readings(&local, 30, 3, 0).await.unwrap();
+    let vars = env.env(&[]);
+    let run = |args: &'static [&'static str]| {
+        let vars = vars.clone();
+        move || {
+            let out = Command::new(env!("CARGO_BIN_EXE_meter-sync"))
+                .args(args)
+                .env_clear()
+                .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+                .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .output()
+                .unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+            )
+        }
+    };
+    let (code, out) = tokio::task::spawn_blocking(run(&["status"])).await.unwrap();
+    assert_eq!(code, Some(0));
+    assert!(out.contains("upload queue: 30 readings"), "{out}");
+    let (code, out) = tokio::task::spawn_blocking(run(&["upload", "--json"]))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "{out}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["uploaded"], 30);
+    let (_, out) = tokio::task::spawn_blocking(run(&["status", "--json"]))
+        .await
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["queue"]["size"], 0);
+    assert_eq!(status["last_runs"][0]["sync_type"], "upload");
+    let (code, out) = tokio::task::spawn_blocking(run(&["quarantine", "list"]))
+        .await
+        .unwrap();
+    assert_eq!((code, out.trim()), (Some(0), "no quarantined readings"));
+    let (code, out) = tokio::task::spawn_blocking(run(&["quarantine", "release", "--all"]))
+        .await
+        .unwrap();
+    assert_eq!(
+        (code, out.trim()),
+        (Some(0), "released 0 reading(s) for another upload")
+    );
+}
