@@ -87,7 +87,11 @@ async fn resend_is_a_noop_with_an_anti_join() {
 async fn a_poison_reading_is_quarantined_and_never_blocks_the_queue() {
     let (env, profile) = upload_env(
         "up_poison",
-        &[("BATCH_SIZE", "50"), ("MAX_ROW_FAILURES", "2")],
+        &[
+            ("BATCH_SIZE", "50"),
+            ("MAX_ROW_FAILURES", "2"),
+            ("UPLOAD_WORKERS", "1"),
+        ],
     )
     .await;
     let remote = env.remote.client().await;

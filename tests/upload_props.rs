@@ -283,6 +283,8 @@ fn prop_004_5_retryable_failures_retry_with_exponential_backoff() {
                 .unwrap();
             let mut config = db.env.config.clone();
             config.retry.max_query_retries = retries;
+            // One batch in flight, so the waits add up in sequence.
+            config.upload_workers = 1;
             let spec = db.profile.readings.as_ref().unwrap();
             let started = Instant::now();
             let report = meter_sync::upload::run(&crate::support::pools(&db.env), meter_sync::cli::upload_request(&config, spec)).await;

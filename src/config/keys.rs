@@ -115,6 +115,11 @@ pub static ALL: &[KeySpec] = &[
     ),
     key("BATCH_SIZE", Some("100"), "readings per upload batch"),
     key(
+        "UPLOAD_WORKERS",
+        Some("2"),
+        "upload batches in flight at once, each on its own pair of connections (1-32)",
+    ),
+    key(
         "MAX_BATCHES_PER_RUN",
         Some("10000"),
         "upper bound on batches one upload run drains",

@@ -177,6 +177,7 @@ pub struct Config {
     pub meter_sync_cron: CronSchedule,
     pub batch_size: u32,
     pub max_batches_per_run: u32,
+    pub upload_workers: u32,
     pub retry: RetryConfig,
     pub max_row_failures: u32,
     pub reading_retention_days: u32,
@@ -226,6 +227,7 @@ impl Config {
         );
         let batch_size = p.int("BATCH_SIZE", 1, 1_000_000) as u32;
         let max_batches_per_run = p.int("MAX_BATCHES_PER_RUN", 1, 100_000_000) as u32;
+        let upload_workers = p.int("UPLOAD_WORKERS", 1, 32) as u32;
         let retry = RetryConfig {
             max_connection_retries: p.int("MAX_CONNECTION_RETRIES", 0, 100) as u32,
             max_query_retries: p.int("MAX_QUERY_RETRIES", 0, 100) as u32,
@@ -307,6 +309,7 @@ impl Config {
             meter_sync_cron,
             batch_size,
             max_batches_per_run,
+            upload_workers,
             retry,
             max_row_failures,
             reading_retention_days,
@@ -521,6 +524,7 @@ mod tests {
         assert_eq!(config.meter_sync_cron.as_str(), "0 * * * *");
         assert_eq!(config.batch_size, 100);
         assert_eq!(config.max_batches_per_run, 10_000);
+        assert_eq!(config.upload_workers, 2);
         assert_eq!(config.retry.max_connection_retries, 5);
         assert_eq!(config.retry.max_query_retries, 3);
         assert_eq!(config.retry.base, Duration::from_secs(2));
@@ -570,6 +574,7 @@ mod tests {
             ("METER_SYNC_CRON", "*/5 * * * *"),
             ("BATCH_SIZE", "10_000"),
             ("MAX_BATCHES_PER_RUN", "7"),
+            ("UPLOAD_WORKERS", "3"),
             ("MAX_CONNECTION_RETRIES", "1"),
             ("MAX_QUERY_RETRIES", "0"),
             ("RETRY_BASE_SECONDS", "0.25"),
@@ -610,6 +615,7 @@ mod tests {
         assert_eq!(config.meter_sync_cron.as_str(), "*/5 * * * *");
         assert_eq!(config.batch_size, 10_000);
         assert_eq!(config.max_batches_per_run, 7);
+        assert_eq!(config.upload_workers, 3);
         assert_eq!(config.retry.max_connection_retries, 1);
         assert_eq!(config.retry.max_query_retries, 0);
         assert_eq!(config.retry.base, Duration::from_millis(250));

@@ -6,63 +6,66 @@ use crate::profile::{quote_ident, Ident, ReadingsSpec};
 
 use super::column_list;
 
-/// The local temporary table of claimed ids, emptied at every commit.
-pub const CREATE_CLAIM: &str =
-    "create temporary table if not exists meter_sync_claim (id bigint primary key) on commit delete rows";
-
-/// The claimed ids, in order (at most one batch).
-pub const SELECT_CLAIMED: &str = "select id from meter_sync_claim order by id";
+/// The condition of a reading waiting to be uploaded.
+const QUEUED: &str = "not is_synchronized and quarantined_at is null";
 
 fn uploaded(readings: &ReadingsSpec) -> String {
     column_list(readings.columns.iter().map(|c| &c.name))
 }
 
-/// The condition of a reading waiting to be uploaded.
-const QUEUED: &str = "not is_synchronized and quarantined_at is null";
-
-/// Claims up to `$1` queued readings, oldest first, skipping rows another uploader holds.
-pub fn claim(readings: &ReadingsSpec) -> String {
+/// Claims one batch: up to `$1` queued readings, oldest first, locked (`FOR UPDATE SKIP
+/// LOCKED`, so a concurrent uploader skips them) until the local transaction ends; the local
+/// id, then the uploaded columns.
+pub fn claim_batch(readings: &ReadingsSpec) -> String {
     format!(
-        "insert into meter_sync_claim (id)
-select {id} from {table} where {queued}
-order by {order} limit $1
-for update skip locked",
+        "select {id}, {cols} from {table} where {QUEUED} order by {order} limit $1 for update skip locked",
         id = readings.id_column.quoted(),
+        cols = uploaded(readings),
         table = readings.table.quoted(),
-        queued = QUEUED,
         order = column_list(&readings.order_by),
     )
 }
 
-/// The claimed rows as binary COPY: local id, then the uploaded columns.
-pub fn copy_claimed_out(readings: &ReadingsSpec) -> String {
-    format!(
-        "copy (select r.{id}, {cols} from {table} r join meter_sync_claim c on c.id = r.{id}) to stdout (format binary)",
+/// Claims one batch and removes it in the same statement (one write per row instead of a row
+/// lock and then a delete): deletes, or with `mark` marks synchronized, up to `$1` queued
+/// readings, oldest first, skipping rows another uploader holds, returning the local id and
+/// the uploaded columns. It takes effect only when the local transaction commits, which
+/// happens after the remote commit.
+pub fn claim_and_remove(readings: &ReadingsSpec) -> String {
+    let claim = format!(
+        "select {id} from {table} where {QUEUED} order by {order} limit $1 for update skip locked",
         id = readings.id_column.quoted(),
-        cols = readings
-            .columns
-            .iter()
-            .map(|c| format!("r.{}", c.name.quoted()))
-            .collect::<Vec<_>>()
-            .join(", "),
         table = readings.table.quoted(),
+        order = column_list(&readings.order_by),
+    );
+    let action = match readings.after_upload {
+        crate::profile::AfterUpload::Delete => format!("delete from {}", readings.table.quoted()),
+        crate::profile::AfterUpload::Mark => format!(
+            "update {} set is_synchronized = true, synced_at = now(), sync_error = null",
+            readings.table.quoted()
+        ),
+    };
+    format!(
+        "{action} where {id} in ({claim}) returning {id}, {cols}",
+        id = readings.id_column.quoted(),
+        cols = uploaded(readings),
     )
 }
 
-/// After the remote commit: removes the claimed rows except the failed ids (`$1`).
-pub fn delete_claimed(readings: &ReadingsSpec) -> String {
+/// After the remote commit: removes the uploaded readings (`$1`) except refused ones (`$2`).
+pub fn delete_uploaded(readings: &ReadingsSpec) -> String {
     format!(
-        "delete from {table} r using meter_sync_claim c where r.{id} = c.id and not (r.{id} = any($1::bigint[]))",
+        "delete from {table} where {id} = any($1::bigint[]) and not ({id} = any($2::bigint[]))",
         table = readings.table.quoted(),
         id = readings.id_column.quoted(),
     )
 }
 
-/// After the remote commit (`after_upload = "mark"`): marks the claimed rows synchronized.
-pub fn mark_claimed(readings: &ReadingsSpec) -> String {
+/// After the remote commit (`after_upload = "mark"`): marks them synchronized instead.
+pub fn mark_uploaded(readings: &ReadingsSpec) -> String {
     format!(
-        "update {table} r set is_synchronized = true, synced_at = now(), sync_error = null
-from meter_sync_claim c where r.{id} = c.id and not (r.{id} = any($1::bigint[]))",
+        "update {table} set is_synchronized = true, synced_at = now(), sync_error = null
+where {id} = any($1::bigint[]) and not ({id} = any($2::bigint[]))",
         table = readings.table.quoted(),
         id = readings.id_column.quoted(),
     )
@@ -190,7 +193,19 @@ limit 1";
 /// nothing; the row count is what was inserted. With `conflict_target` (a unique index within
 /// the dedupe key) the server skips duplicates; otherwise an anti-join on the dedupe key does,
 /// keeping one row per key within the batch.
-pub fn insert_new_readings(readings: &ReadingsSpec, conflict_target: Option<&[Ident]>) -> String {
+///
+/// `by_ids`: only the staged rows whose local id is in `$1` (isolating refused readings);
+/// otherwise the whole stage, without parameters.
+pub fn insert_new_readings(
+    readings: &ReadingsSpec,
+    conflict_target: Option<&[Ident]>,
+    by_ids: bool,
+) -> String {
+    let filter = if by_ids {
+        "s.meter_sync_local_id = any($1::bigint[])"
+    } else {
+        "true"
+    };
     let cols = uploaded(readings);
     let stage = upload_stage_name(readings);
     let remote = readings.remote_table.quoted();
@@ -203,7 +218,7 @@ pub fn insert_new_readings(readings: &ReadingsSpec, conflict_target: Option<&[Id
     match conflict_target {
         Some(target) => format!(
             "insert into {remote} ({cols})
-select {scols} from {stage} s where s.meter_sync_local_id = any($1::bigint[])
+select {scols} from {stage} s where {filter}
 order by s.meter_sync_local_id
 on conflict ({}) do nothing",
             column_list(target)
@@ -225,7 +240,7 @@ on conflict ({}) do nothing",
                 "insert into {remote} ({cols})
 select {cols} from (
     select distinct on ({dedupe}) {scols} from {stage} s
-    where s.meter_sync_local_id = any($1::bigint[])
+    where {filter}
       and not exists (select 1 from {remote} r where {join})
     order by {dedupe}, s.meter_sync_local_id
 ) as new_rows"

@@ -18,11 +18,15 @@ mod quarantine;
 mod report;
 
 use std::pin::pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
-use tokio_postgres::Transaction;
+use futures_util::TryStreamExt;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::Statement;
 
 pub use quarantine::{
     list as list_quarantined, release as release_quarantined, QuarantinedReading,
@@ -30,7 +34,7 @@ pub use quarantine::{
 pub use report::{QueueStats, RejectedReading, UploadReport};
 
 use crate::cli::chain;
-use crate::pg::{Backoff, PgError, Pools};
+use crate::pg::{Backoff, PgError, Pools, RawValue};
 use crate::profile::{AfterUpload, Ident, ReadingsSpec};
 use crate::sql;
 use crate::synclog::{self, LogEntry};
@@ -47,6 +51,8 @@ pub struct UploadRequest<'a> {
     pub readings: &'a ReadingsSpec,
     pub batch_size: u32,
     pub max_batches: u32,
+    /// Batches in flight at once (`UPLOAD_WORKERS`), each on its own pair of connections.
+    pub workers: u32,
     /// Connection retries.
     pub connect: Backoff,
     /// Retries of a failed batch (retryable errors only).
@@ -194,38 +200,125 @@ async fn drain(
         return Ok(());
     }
     let plan = plan(pools, request).await?;
-    for _ in 0..request.max_batches {
-        let clock = Instant::now();
-        let outcome = request
-            .retry
-            .retry("upload a batch", UploadError::is_retryable, || {
-                batch(pools, request, &plan)
-            })
-            .await?;
-        let Some(outcome) = outcome else { break };
-        report.batches += 1;
-        report.uploaded += outcome.inserted;
+    // Workers drain concurrently, each with its own connections; SKIP LOCKED keeps their
+    // batches apart. They share the batch budget; each stops at its own short batch, all stop
+    // at the first error.
+    let shared = Shared {
+        tickets: AtomicU32::new(request.max_batches),
+        stop: AtomicBool::new(false),
+        tally: Mutex::new(Tally::default()),
+    };
+    let workers = (0..request.workers.max(1)).map(|_| worker(pools, request, &plan, &shared));
+    let results = futures_util::future::join_all(workers).await;
+    let tally = shared
+        .tally
+        .into_inner()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    report.batches = tally.batches;
+    report.uploaded = tally.uploaded;
+    report.deduplicated = tally.deduplicated;
+    report.removed = tally.removed;
+    report.rejected_count = tally.rejected_count;
+    report.quarantined = tally.quarantined;
+    report.rejected = tally.rejected;
+    results
+        .into_iter()
+        .collect::<Result<Vec<()>, _>>()
+        .map(|_| ())
+}
+
+/// What the workers of a run share.
+struct Shared {
+    /// Batches left in this run's budget (`MAX_BATCHES_PER_RUN`).
+    tickets: AtomicU32,
+    /// Set when a worker failed: the others stop after their current batch.
+    stop: AtomicBool,
+    tally: Mutex<Tally>,
+}
+
+/// The run's running totals.
+#[derive(Debug, Default)]
+struct Tally {
+    batches: u64,
+    uploaded: u64,
+    deduplicated: u64,
+    removed: u64,
+    rejected_count: u64,
+    quarantined: u64,
+    rejected: Vec<RejectedReading>,
+}
+
+impl Tally {
+    fn add(&mut self, outcome: BatchOutcome, duration: std::time::Duration) {
+        self.batches += 1;
+        self.uploaded += outcome.inserted;
         let accepted = outcome.claimed - outcome.rejected.len() as u64;
-        report.deduplicated += accepted - outcome.inserted;
-        report.removed += outcome.removed;
-        report.rejected_count += outcome.rejected.len() as u64;
+        self.deduplicated += accepted - outcome.inserted;
+        self.removed += outcome.removed;
+        self.rejected_count += outcome.rejected.len() as u64;
         for rejected in outcome.rejected {
-            report.quarantined += u64::from(rejected.quarantined);
+            self.quarantined += u64::from(rejected.quarantined);
             tracing::warn!(id = rejected.id, quarantined = rejected.quarantined, error = %rejected.error, "the remote refused a reading");
-            if report.rejected.len() < REJECTED_LIMIT {
-                report.rejected.push(rejected);
+            if self.rejected.len() < REJECTED_LIMIT {
+                self.rejected.push(rejected);
             }
         }
         tracing::info!(
-            batch = report.batches,
+            batch = self.batches,
             claimed = outcome.claimed,
             uploaded = outcome.inserted,
             deduplicated = accepted - outcome.inserted,
             removed = outcome.removed,
-            duration_ms = clock.elapsed().as_millis() as u64,
+            duration_ms = duration.as_millis() as u64,
             "batch uploaded"
         );
-        if outcome.claimed < u64::from(request.batch_size) {
+    }
+}
+
+/// One worker: batch after batch until the queue is drained, the budget spent, or an error
+/// that retries did not cure.
+async fn worker(
+    pools: &Pools,
+    request: UploadRequest<'_>,
+    plan: &Plan,
+    shared: &Shared,
+) -> Result<(), UploadError> {
+    let mut session: Option<Session> = None;
+    while !shared.stop.load(Ordering::SeqCst) {
+        if shared
+            .tickets
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |t| t.checked_sub(1))
+            .is_err()
+        {
+            break;
+        }
+        let clock = Instant::now();
+        let mut attempt = 0;
+        let outcome = loop {
+            match batch(pools, request, plan, &mut session).await {
+                Ok(outcome) => break outcome,
+                Err(e) if attempt < request.retry.max_retries && e.is_retryable() => {
+                    let delay = request.retry.delay(attempt);
+                    tracing::warn!(attempt = attempt + 1, max = request.retry.max_retries, delay_ms = delay.as_millis() as u64, error = %e, "batch failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                Err(e) => {
+                    shared.stop.store(true, Ordering::SeqCst);
+                    return Err(e);
+                }
+            }
+        };
+        let Some(outcome) = outcome else { break };
+        let short = outcome.claimed < u64::from(request.batch_size);
+        shared
+            .tally
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .add(outcome, clock.elapsed());
+        if short {
+            // The queue looked empty to this worker; the others finish on their own short
+            // batch, so readings a failing batch returns to the queue are still picked up.
             break;
         }
     }
@@ -286,67 +379,210 @@ async fn plan(pools: &Pools, request: UploadRequest<'_>) -> Result<Plan, UploadE
     Ok(Plan { conflict_target })
 }
 
-/// Uploads one batch; `None` when the queue is empty.
+/// The two connections of a run and its prepared statements. After any error a connection may
+/// be inside a transaction, so the session is discarded, never returned to the pool.
+struct Session {
+    local: Option<deadpool_postgres::Object>,
+    remote: Option<deadpool_postgres::Object>,
+    claim: Statement,
+    claim_and_remove: Statement,
+    remove: Statement,
+    insert_all: Statement,
+    /// Types of the claim's columns: the local id, then the uploaded columns (also the
+    /// remote stage's layout).
+    types: Vec<Type>,
+}
+
+impl Session {
+    async fn open(
+        pools: &Pools,
+        request: UploadRequest<'_>,
+        plan: &Plan,
+    ) -> Result<Self, UploadError> {
+        let readings = request.readings;
+        let local = pools.local().await?;
+        let remote = pools.remote().await?;
+        remote
+            .batch_execute(&sql::create_upload_stage(readings))
+            .await
+            .map_err(remote_err("create the upload stage"))?;
+        let claim = local
+            .prepare(&sql::claim_batch(readings))
+            .await
+            .map_err(local_err("prepare the claim"))?;
+        let claim_and_remove = local
+            .prepare(&sql::claim_and_remove(readings))
+            .await
+            .map_err(local_err("prepare the claim"))?;
+        let remove = match readings.after_upload {
+            AfterUpload::Delete => sql::delete_uploaded(readings),
+            AfterUpload::Mark => sql::mark_uploaded(readings),
+        };
+        let remove = local
+            .prepare(&remove)
+            .await
+            .map_err(local_err("prepare the removal"))?;
+        let insert_all = remote
+            .prepare(&sql::insert_new_readings(
+                readings,
+                plan.conflict_target.as_deref(),
+                false,
+            ))
+            .await
+            .map_err(remote_err("prepare the insert"))?;
+        let types = claim.columns().iter().map(|c| c.type_().clone()).collect();
+        Ok(Self {
+            local: Some(local),
+            remote: Some(remote),
+            claim,
+            claim_and_remove,
+            remove,
+            insert_all,
+            types,
+        })
+    }
+
+    fn discard(&mut self) {
+        for object in [self.local.take(), self.remote.take()]
+            .into_iter()
+            .flatten()
+        {
+            drop(deadpool_postgres::Object::take(object));
+        }
+    }
+}
+
+/// Uploads one batch with a fresh or reused session; a failed batch discards the session.
 async fn batch(
     pools: &Pools,
     request: UploadRequest<'_>,
     plan: &Plan,
+    session: &mut Option<Session>,
 ) -> Result<Option<BatchOutcome>, UploadError> {
-    let readings = request.readings;
-    let mut local = pools.local().await?;
-    let mut remote = pools.remote().await?;
-    let local_client: &mut tokio_postgres::Client = &mut local;
-    local_client
-        .batch_execute(sql::CREATE_CLAIM)
-        .await
-        .map_err(local_err("create the claim table"))?;
-    let ltx = local_client
-        .transaction()
-        .await
-        .map_err(local_err("begin the batch"))?;
-    let claimed = ltx
-        .execute(&sql::claim(readings), &[&i64::from(request.batch_size)])
-        .await
-        .map_err(local_err("claim queued readings"))?;
-    if claimed == 0 {
-        ltx.commit().await.map_err(local_err("end the batch"))?;
+    if session
+        .as_ref()
+        .is_none_or(|s| s.local.is_none() || s.remote.is_none())
+    {
+        *session = Some(Session::open(pools, request, plan).await?);
+    }
+    let Some(open) = session.as_mut() else {
+        return Ok(None);
+    };
+    let result = match (&open.local, &open.remote) {
+        (Some(local), Some(remote)) => batch_on(local, remote, open, request, plan).await,
+        _ => Ok(None),
+    };
+    if result.is_err() {
+        open.discard();
+    }
+    result
+}
+
+/// One batch on open connections. Fast path: claim and remove the readings in one local
+/// statement, stream them into the remote stage, insert what the remote lacks and commit the
+/// remote, then commit locally. The local removal only takes effect with that last commit, which
+/// is never sent before the remote commit has succeeded. If the remote refuses the batch's
+/// data, the local transaction is rolled back and the batch goes the careful way.
+async fn batch_on(
+    local: &tokio_postgres::Client,
+    remote: &tokio_postgres::Client,
+    session: &Session,
+    request: UploadRequest<'_>,
+    plan: &Plan,
+) -> Result<Option<BatchOutcome>, UploadError> {
+    let limit = i64::from(request.batch_size);
+    let mut last = Instant::now();
+    let mut step = |name: &str| {
+        let now = Instant::now();
+        tracing::trace!(
+            step = name,
+            us = (now - last).as_micros() as u64,
+            "upload step"
+        );
+        last = now;
+    };
+    let (begin, rows) = tokio::join!(
+        local.batch_execute("begin"),
+        local.query_raw(&session.claim_and_remove, [&limit as &(dyn ToSql + Sync)])
+    );
+    begin.map_err(local_err("begin the batch"))?;
+    let rows = rows.map_err(local_err("claim queued readings"))?;
+    let ids = send(remote, session, rows, request.readings).await?;
+    step("claim and send");
+    if ids.is_empty() {
+        let (l, r) = tokio::join!(
+            local.batch_execute("commit"),
+            remote.batch_execute("commit")
+        );
+        l.map_err(local_err("end the batch"))?;
+        r.map_err(remote_err("end the batch"))?;
         return Ok(None);
     }
-    let ids: Vec<i64> = ltx
-        .query(sql::SELECT_CLAIMED, &[])
-        .await
-        .map_err(local_err("read the claimed ids"))?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let (inserted, commit) = tokio::join!(
+        remote.execute(&session.insert_all, &[]),
+        remote.batch_execute("commit")
+    );
+    match inserted {
+        Ok(inserted) => {
+            commit.map_err(remote_err("commit the batch"))?;
+            step("remote insert and commit");
+            // The remote has the readings now; a fault from here on only causes a resend.
+            local
+                .batch_execute("commit")
+                .await
+                .map_err(local_err("commit the batch"))?;
+            step("local commit");
+            Ok(Some(BatchOutcome {
+                claimed: ids.len() as u64,
+                inserted,
+                removed: ids.len() as u64,
+                rejected: Vec::new(),
+            }))
+        }
+        // The pipelined commit rolled the remote back; undo the local removal too.
+        Err(e) if is_data_error(&e) => {
+            local
+                .batch_execute("rollback")
+                .await
+                .map_err(local_err("roll back the refused batch"))?;
+            careful_batch(local, remote, session, request, plan).await
+        }
+        Err(e) => Err(PgError::query("remote", "insert the readings", e).into()),
+    }
+}
 
-    let remote_client: &mut tokio_postgres::Client = &mut remote;
-    remote_client
-        .batch_execute(&sql::create_upload_stage(readings))
+/// The careful way for a batch the remote refused in part: claim with row locks, send, find the
+/// refused readings by splitting the batch under savepoints, commit the good ones remotely, then
+/// remove them locally and record an attempt on each refused one (quarantined after
+/// `MAX_ROW_FAILURES`).
+async fn careful_batch(
+    local: &tokio_postgres::Client,
+    remote: &tokio_postgres::Client,
+    session: &Session,
+    request: UploadRequest<'_>,
+    plan: &Plan,
+) -> Result<Option<BatchOutcome>, UploadError> {
+    let readings = request.readings;
+    let limit = i64::from(request.batch_size);
+    let (begin, rows) = tokio::join!(
+        local.batch_execute("begin"),
+        local.query_raw(&session.claim, [&limit as &(dyn ToSql + Sync)])
+    );
+    begin.map_err(local_err("begin the batch"))?;
+    let rows = rows.map_err(local_err("claim queued readings"))?;
+    let ids = send(remote, session, rows, readings).await?;
+    let insert = sql::insert_new_readings(readings, plan.conflict_target.as_deref(), true);
+    let (inserted, refused) = bisect(remote, &insert, ids.clone()).await?;
+    remote
+        .batch_execute("commit")
         .await
-        .map_err(remote_err("create the upload stage"))?;
-    let rtx = remote_client
-        .transaction()
-        .await
-        .map_err(remote_err("begin the batch"))?;
-    pipe(&ltx, &rtx, readings).await?;
-    let insert = sql::insert_new_readings(readings, plan.conflict_target.as_deref());
-    let (inserted, refused) = insert_or_bisect(&rtx, &insert, ids).await?;
-    rtx.commit().await.map_err(remote_err("commit the batch"))?;
+        .map_err(remote_err("commit the batch"))?;
 
     // The remote has the readings now; a fault from here on only causes a harmless resend.
     let refused_ids: Vec<i64> = refused.iter().map(|(id, _)| *id).collect();
-    let remove = match readings.after_upload {
-        AfterUpload::Delete => sql::delete_claimed(readings),
-        AfterUpload::Mark => sql::mark_claimed(readings),
-    };
-    let removed = ltx
-        .execute(&remove, &[&refused_ids])
-        .await
-        .map_err(local_err("remove uploaded readings"))?;
     let mut rejected = Vec::with_capacity(refused.len());
     for (id, error) in refused {
-        let quarantined: bool = ltx
+        let quarantined: bool = local
             .query_one(
                 &sql::record_failure(readings),
                 &[&id, &error, &(request.max_row_failures as i32)],
@@ -360,42 +596,61 @@ async fn batch(
             quarantined,
         });
     }
-    ltx.commit().await.map_err(local_err("commit the batch"))?;
+    let params: [&(dyn ToSql + Sync); 2] = [&ids, &refused_ids];
+    let (removed, commit) = tokio::join!(
+        local.execute(&session.remove, &params),
+        local.batch_execute("commit")
+    );
+    let removed = removed.map_err(local_err("remove uploaded readings"))?;
+    commit.map_err(local_err("commit the batch"))?;
     Ok(Some(BatchOutcome {
-        claimed,
+        claimed: ids.len() as u64,
         inserted,
         removed,
         rejected,
     }))
 }
 
-/// Streams the claimed rows from the local database into the remote stage.
-async fn pipe(
-    ltx: &Transaction<'_>,
-    rtx: &Transaction<'_>,
+/// Begins a remote transaction and streams the claimed rows into the remote stage as they
+/// arrive, values passed through in binary; returns their local ids.
+async fn send(
+    remote: &tokio_postgres::Client,
+    session: &Session,
+    rows: tokio_postgres::RowStream,
     readings: &ReadingsSpec,
-) -> Result<u64, PgError> {
-    let stream = ltx
-        .copy_out(&sql::copy_claimed_out(readings))
+) -> Result<Vec<i64>, PgError> {
+    let stage = sql::copy_into_upload_stage(readings);
+    let (begin, sink) = tokio::join!(
+        remote.batch_execute("begin"),
+        remote.copy_in::<_, Bytes>(&stage)
+    );
+    begin.map_err(remote_err("begin the batch"))?;
+    let sink = sink.map_err(remote_err("send the readings"))?;
+    let writer = BinaryCopyInWriter::new(sink, &session.types);
+    let mut writer = pin!(writer);
+    let mut rows = pin!(rows);
+    let mut ids = Vec::new();
+    while let Some(row) = rows
+        .try_next()
         .await
-        .map_err(local_err("read the claimed readings"))?;
-    let sink = rtx
-        .copy_in::<_, Bytes>(&sql::copy_into_upload_stage(readings))
-        .await
-        .map_err(remote_err("send the readings"))?;
-    let mut stream = pin!(stream);
-    let mut sink = pin!(sink);
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(local_err("read the claimed readings"))?;
-        sink.as_mut()
-            .feed(chunk)
+        .map_err(local_err("claim queued readings"))?
+    {
+        ids.push(row.get::<_, i64>(0));
+        let values: Vec<RawValue> = (0..session.types.len()).map(|i| row.get(i)).collect();
+        let refs: Vec<&(dyn ToSql + Sync)> =
+            values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+        writer
+            .as_mut()
+            .write(&refs)
             .await
             .map_err(remote_err("send the readings"))?;
     }
-    sink.as_mut()
+    writer
+        .as_mut()
         .finish()
         .await
-        .map_err(remote_err("send the readings"))
+        .map_err(remote_err("send the readings"))?;
+    Ok(ids)
 }
 
 /// Whether the remote refused the data itself (classes 22 data exception, 23 integrity
@@ -406,11 +661,11 @@ fn is_data_error(error: &tokio_postgres::Error) -> bool {
         .is_some_and(|c| matches!(&c.code()[..2], "22" | "23"))
 }
 
-/// Inserts the staged rows; if the remote refuses the data, splits the ids until the refused
-/// readings are isolated. Every attempt runs under a savepoint, so the good rows commit.
-/// Returns the inserted count and the refused ids with the server's message.
-async fn insert_or_bisect(
-    rtx: &Transaction<'_>,
+/// Splits the batch's ids until the refused readings are isolated, each part under a
+/// savepoint so the good rows commit. Returns the inserted count and the refused ids with the
+/// server's message.
+async fn bisect(
+    remote: &tokio_postgres::Client,
     insert: &str,
     ids: Vec<i64>,
 ) -> Result<(u64, Vec<(i64, String)>), PgError> {
@@ -418,18 +673,21 @@ async fn insert_or_bisect(
     let mut refused = Vec::new();
     let mut pending = vec![ids];
     while let Some(part) = pending.pop() {
-        rtx.batch_execute("savepoint meter_sync_part")
+        remote
+            .batch_execute("savepoint meter_sync_part")
             .await
             .map_err(remote_err("savepoint"))?;
-        match rtx.execute(insert, &[&part]).await {
+        match remote.execute(insert, &[&part]).await {
             Ok(n) => {
                 inserted += n;
-                rtx.batch_execute("release savepoint meter_sync_part")
+                remote
+                    .batch_execute("release savepoint meter_sync_part")
                     .await
                     .map_err(remote_err("release savepoint"))?;
             }
             Err(e) if is_data_error(&e) => {
-                rtx.batch_execute("rollback to savepoint meter_sync_part")
+                remote
+                    .batch_execute("rollback to savepoint meter_sync_part")
                     .await
                     .map_err(remote_err("roll back a refused part"))?;
                 if part.len() == 1 {

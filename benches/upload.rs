@@ -1,0 +1,196 @@
+//! Upload benchmark: `cargo bench --bench upload`.
+//!
+//! Starts its own clusters, queues `BENCH_ROWS` readings (default 1,000,000) locally and
+//! prints the drain time and rows/s at BATCH_SIZE 10,000 and 100, the peak RSS of this process,
+//! and two baselines measured between the same clusters in the same run: the raw binary
+//! `COPY ... TO STDOUT | COPY ... FROM STDIN` pipe, and per-row `INSERT`s in 100-row
+//! transactions (the original system's approach; `BENCH_BASELINE_ROWS`, default 20,000 rows).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "support.rs"]
+mod support;
+
+use std::pin::pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use meter_sync::fixture::{insert_local_readings, Layout};
+use meter_sync::pg::Pools;
+use meter_sync::pgcluster::PgCluster;
+use meter_sync::profile::Profile;
+use support::*;
+
+const COLUMNS: &str = "meter_id, timestamp, value, unit, metadata, created_at";
+
+async fn refill(local: &PgCluster, rows: i64) {
+    let client = connect(local, "site").await;
+    client
+        .batch_execute("truncate meter_readings, sync_logs")
+        .await
+        .unwrap();
+    insert_local_readings(&client, rows, 1000, 0).await.unwrap();
+    client
+        .batch_execute("vacuum analyze meter_readings")
+        .await
+        .unwrap();
+}
+
+async fn empty_remote(remote: &PgCluster) {
+    let client = connect(remote, "central").await;
+    client
+        .batch_execute("truncate meter_readings")
+        .await
+        .unwrap();
+    client
+        .batch_execute("vacuum analyze meter_readings")
+        .await
+        .unwrap();
+}
+
+/// The raw pipe: every queued reading copied into the remote readings table.
+async fn raw_pipe(local: &PgCluster, remote: &PgCluster) -> (u64, Duration) {
+    let l = connect(local, "site").await;
+    let r = connect(remote, "central").await;
+    timed(async {
+        let stream = l
+            .copy_out(&format!(
+                "copy (select {COLUMNS} from meter_readings) to stdout (format binary)"
+            ))
+            .await
+            .unwrap();
+        let sink = r
+            .copy_in::<_, Bytes>(&format!(
+                "copy meter_readings ({COLUMNS}) from stdin (format binary)"
+            ))
+            .await
+            .unwrap();
+        let mut stream = pin!(stream);
+        let mut sink = pin!(sink);
+        while let Some(chunk) = stream.next().await {
+            sink.as_mut().feed(chunk.unwrap()).await.unwrap();
+        }
+        sink.as_mut().finish().await.unwrap()
+    })
+    .await
+}
+
+/// The original system's way: read 100 readings, INSERT them one by one in one remote
+/// transaction, commit, delete them locally.
+async fn per_row(local: &PgCluster, remote: &PgCluster) -> (u64, Duration) {
+    let l = connect(local, "site").await;
+    let mut r = connect(remote, "central").await;
+    let insert = r
+        .prepare(&format!(
+            "insert into meter_readings ({COLUMNS}) values ($1, $2, $3::text::numeric, $4, $5, $6)"
+        ))
+        .await
+        .unwrap();
+    timed(async {
+        let mut total = 0;
+        loop {
+            let rows = l
+                .query(
+                    "select id, meter_id, timestamp, value::text, unit, metadata, created_at from meter_readings
+                     where not is_synchronized order by timestamp, id limit 100",
+                    &[],
+                )
+                .await
+                .unwrap();
+            if rows.is_empty() {
+                return total;
+            }
+            let tx = r.transaction().await.unwrap();
+            let mut ids = Vec::with_capacity(rows.len());
+            for row in &rows {
+                ids.push(row.get::<_, i64>(0));
+                let meter: String = row.get(1);
+                let ts: chrono::NaiveDateTime = row.get(2);
+                let value: String = row.get(3);
+                let unit: String = row.get(4);
+                let metadata: Option<serde_json::Value> = row.get(5);
+                let created: Option<chrono::NaiveDateTime> = row.get(6);
+                tx.execute(&insert, &[&meter, &ts, &value, &unit, &metadata, &created]).await.unwrap();
+            }
+            tx.commit().await.unwrap();
+            l.execute("delete from meter_readings where id = any($1)", &[&ids]).await.unwrap();
+            total += rows.len() as u64;
+        }
+    })
+    .await
+}
+
+fn main() {
+    if let Ok(filter) = std::env::var("BENCH_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+    let rows = env_rows("BENCH_ROWS", 1_000_000);
+    let baseline_rows = env_rows("BENCH_BASELINE_ROWS", 20_000).min(rows);
+    // UPLOAD_WORKERS for the measured runs (the service default unless BENCH_WORKERS says).
+    let workers = std::env::var("BENCH_WORKERS").unwrap_or_else(|_| "2".into());
+    let (local, remote) = clusters();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        create_db(&local, "site").await;
+        create_db(&remote, "central").await;
+        connect(&remote, "central").await.batch_execute(Layout::Default.remote_schema()).await.unwrap();
+        let profile = Profile::builtin_default().unwrap();
+        let mut site = connect(&local, "site").await;
+        meter_sync::schema::migrate(&mut site, &profile).await.unwrap();
+        let readings = profile.readings.as_ref().unwrap();
+        let version: String = site.query_one("show server_version", &[]).await.unwrap().get(0);
+        println!("upload benchmark: {rows} readings queued, PostgreSQL {version}, fsync off, remote dedupe by unique index, both clusters and the agent on one 2-core machine");
+
+        refill(&local, rows).await;
+        empty_remote(&remote).await;
+        let (piped, pipe_time) = raw_pipe(&local, &remote).await;
+        assert_eq!(piped as i64, rows);
+        let pipe_rate = rows as f64 / pipe_time.as_secs_f64();
+        println!("raw pipe (COPY TO STDOUT | COPY FROM STDIN, binary): {} ({})", secs(pipe_time), rate(rows, pipe_time));
+
+        refill(&local, baseline_rows).await;
+        empty_remote(&remote).await;
+        let (done, per_row_time) = per_row(&local, &remote).await;
+        assert_eq!(done as i64, baseline_rows);
+        let per_row_rate = baseline_rows as f64 / per_row_time.as_secs_f64();
+        println!(
+            "per-row INSERTs in 100-row transactions ({baseline_rows} readings): {} ({})",
+            secs(per_row_time),
+            rate(baseline_rows, per_row_time)
+        );
+
+        for (batch, target) in [(10_000u32, 0.8), (100, 0.3)] {
+            refill(&local, rows).await;
+            empty_remote(&remote).await;
+            let config = config(
+                &local,
+                "site",
+                &remote,
+                "central",
+                &[("BATCH_SIZE", &batch.to_string()), ("MAX_BATCHES_PER_RUN", "100000000"), ("UPLOAD_WORKERS", &workers)],
+            );
+            let pools = Pools::new(&config).unwrap();
+            reset_peak_rss();
+            let (report, took) = timed(meter_sync::upload::run(&pools, meter_sync::cli::upload_request(&config, readings))).await;
+            let rss = peak_rss_mib();
+            assert!(report.success(), "{:?}", report.error);
+            assert_eq!(report.uploaded as i64, rows);
+            let upload_rate = rows as f64 / took.as_secs_f64();
+            println!(
+                "upload at BATCH_SIZE {batch}, {workers} workers: {} ({}), {:.2}x the raw pipe [target >= {target}x], {:.1}x the per-row baseline [target >= 10x], {} batches, peak RSS {rss:.1} MiB [target <= 64 MiB]",
+                secs(took),
+                rate(rows, took),
+                upload_rate / pipe_rate,
+                upload_rate / per_row_rate,
+                report.batches
+            );
+        }
+    });
+}
