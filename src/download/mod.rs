@@ -26,7 +26,7 @@ pub use report::{ChangedRow, DownloadReport, EntityReport, NewRow, DETAIL_LIMIT}
 pub use tenant::{resolve as resolve_tenant, TenantError};
 
 use crate::cli::chain;
-use crate::pg::{Backoff, PgError, Pools, RawValue};
+use crate::pg::{on_local, on_remote, Backoff, PgError, Pools, RawValue};
 use crate::profile::{EntitySpec, Ident, Profile, RemoteSource, TenantId};
 use crate::sql;
 use crate::synclog::{self, LogEntry};
@@ -220,14 +220,6 @@ async fn savepoints(
         .map_err(|e| PgError::query("remote", statement.to_string(), e))
 }
 
-fn local_err(context: &'static str) -> impl Fn(tokio_postgres::Error) -> PgError {
-    move |e| PgError::query("local", context, e)
-}
-
-fn remote_err(context: &'static str) -> impl Fn(tokio_postgres::Error) -> PgError {
-    move |e| PgError::query("remote", context, e)
-}
-
 /// Logs how long each step of an entity took (debug level), for tuning and diagnosis.
 struct Steps<'a> {
     entity: &'a str,
@@ -275,13 +267,13 @@ async fn sync_entity(
             let kind: Option<String> = rtx
                 .query_opt(sql::SELECT_RELKIND, &[&table.quoted()])
                 .await
-                .map_err(remote_err("look up the remote table"))?
+                .map_err(on_remote("look up the remote table"))?
                 .and_then(|row| row.get(0));
             let key: Vec<&str> = entity.key.iter().map(Ident::as_str).collect();
             let keyed: bool = rtx
                 .query_one(sql::SELECT_KEY_IS_PRIMARY, &[&table.quoted(), &key])
                 .await
-                .map_err(remote_err("look up the remote primary key"))?
+                .map_err(on_remote("look up the remote primary key"))?
                 .get(0);
             (matches!(kind.as_deref(), Some("r" | "p" | "m")), keyed)
         }
@@ -293,7 +285,7 @@ async fn sync_entity(
     let empty: bool = ltx
         .query_one(&sql::local_is_empty(entity), &[])
         .await
-        .map_err(local_err("look at the local table"))?
+        .map_err(on_local("look at the local table"))?
         .get(0);
     if empty {
         report.strategy = "cold";
@@ -303,7 +295,7 @@ async fn sync_entity(
     let mut steps = Steps::new(entity.name.as_str());
     ltx.batch_execute(&sql::create_stage(entity))
         .await
-        .map_err(local_err("create the stage table"))?;
+        .map_err(on_local("create the stage table"))?;
     if options.full {
         let present = stage_every_row(ltx, rtx, entity, &remote_select, targets, report).await?;
         steps.done("stage every row");
@@ -317,7 +309,7 @@ async fn sync_entity(
     let hash_stage = sql::hash_stage_name(entity);
     ltx.batch_execute(&sql::create_hash_stage(entity, kind))
         .await
-        .map_err(local_err("create the hash stage"))?;
+        .map_err(on_local("create the hash stage"))?;
     report.fetched = pipe(
         rtx,
         ltx,
@@ -333,12 +325,12 @@ async fn sync_entity(
     }
     ltx.batch_execute(&sql::create_diff(entity, kind))
         .await
-        .map_err(local_err("compare row versions"))?;
+        .map_err(on_local("compare row versions"))?;
     steps.done("compare");
     let need: i64 = ltx
         .query_one(&sql::count_need(entity), &[])
         .await
-        .map_err(local_err("count new and changed rows"))?
+        .map_err(on_local("count new and changed rows"))?
         .get(0);
     let stage = sql::stage_name(entity);
     let removal = if need as f64 > report.fetched as f64 * FULL_STAGE_FRACTION {
@@ -347,7 +339,7 @@ async fn sync_entity(
         fetch_by_keys(ltx, rtx, entity, tenant, versioned, &types).await?;
         ltx.batch_execute(&sql::index_keys(entity, &stage))
             .await
-            .map_err(local_err("index the fetched rows"))?;
+            .map_err(on_local("index the fetched rows"))?;
         for statement in [
             sql::skip_unreferenced_fetched(entity, targets),
             sql::skip_unreferenced_unchanged(entity, targets),
@@ -410,7 +402,7 @@ async fn drop_stages(ltx: &Transaction<'_>, entity: &EntitySpec) -> Result<(), E
         sql::drop_diff_tables(entity)
     ))
     .await
-    .map_err(local_err("drop the stage tables"))?;
+    .map_err(on_local("drop the stage tables"))?;
     Ok(())
 }
 
@@ -431,13 +423,13 @@ async fn sync_cold(
     let key = ltx
         .query_opt(sql::SELECT_PRIMARY_KEY, &[&table])
         .await
-        .map_err(local_err("look up the local primary key"))?
+        .map_err(on_local("look up the local primary key"))?
         .filter(|row| !row.get::<_, bool>(2))
         .map(|row| (row.get::<_, String>(0), row.get::<_, String>(1)));
     if let Some((name, _)) = &key {
         ltx.batch_execute(&sql::drop_constraint(&entity.table, name))
             .await
-            .map_err(local_err("set the primary key aside for the load"))?;
+            .map_err(on_local("set the primary key aside for the load"))?;
     }
     report.fetched = pipe(
         rtx,
@@ -450,7 +442,7 @@ async fn sync_cold(
     if let Some((name, definition)) = &key {
         ltx.batch_execute(&sql::add_constraint(&entity.table, name, definition))
             .await
-            .map_err(local_err(
+            .map_err(on_local(
                 "build the primary key (duplicate or NULL remote keys?)",
             ))?;
     }
@@ -462,7 +454,7 @@ async fn sync_cold(
     let sample = ltx
         .query(&sql::sample_rows(entity, DETAIL_LIMIT), &[])
         .await
-        .map_err(local_err("list the new rows"))?;
+        .map_err(on_local("list the new rows"))?;
     report.new_rows = sample
         .iter()
         .map(|row| NewRow {
@@ -473,9 +465,8 @@ async fn sync_cold(
     Ok(())
 }
 
-/// Refuses NULL or duplicate keys among the remote rows (the unique index names a duplicate
-/// key), and gives the planner statistics.
-async fn check_keys(
+/// Refuses remote rows with a NULL in a key column.
+async fn refuse_null_keys(
     ltx: &Transaction<'_>,
     entity: &EntitySpec,
     relation: &str,
@@ -483,7 +474,7 @@ async fn check_keys(
     let null_keys: i64 = ltx
         .query_one(&sql::count_null_keys_in(entity, relation), &[])
         .await
-        .map_err(local_err("check keys"))?
+        .map_err(on_local("check keys"))?
         .get(0);
     if null_keys > 0 {
         return Err(EntityError::NullKey {
@@ -496,9 +487,20 @@ async fn check_keys(
                 .join(", "),
         });
     }
+    Ok(())
+}
+
+/// Refuses NULL or duplicate keys among the remote rows (the unique index names a duplicate
+/// key), and gives the planner statistics.
+async fn check_keys(
+    ltx: &Transaction<'_>,
+    entity: &EntitySpec,
+    relation: &str,
+) -> Result<(), EntityError> {
+    refuse_null_keys(ltx, entity, relation).await?;
     ltx.batch_execute(&sql::index_keys(entity, relation))
         .await
-        .map_err(local_err(
+        .map_err(on_local(
             "index the remote rows by key (duplicate remote keys?)",
         ))?;
     Ok(())
@@ -510,26 +512,11 @@ async fn check_remote_keys(
     entity: &EntitySpec,
     relation: &str,
 ) -> Result<(), EntityError> {
-    let null_keys: i64 = ltx
-        .query_one(&sql::count_null_keys_in(entity, relation), &[])
-        .await
-        .map_err(local_err("check keys"))?
-        .get(0);
-    if null_keys > 0 {
-        return Err(EntityError::NullKey {
-            count: null_keys,
-            key: entity
-                .key
-                .iter()
-                .map(Ident::as_str)
-                .collect::<Vec<_>>()
-                .join(", "),
-        });
-    }
+    refuse_null_keys(ltx, entity, relation).await?;
     let duplicate = ltx
         .query_opt(&sql::find_duplicate_key(entity, relation), &[])
         .await
-        .map_err(local_err("check keys"))?;
+        .map_err(on_local("check keys"))?;
     match duplicate {
         Some(row) => Err(EntityError::DuplicateKey {
             columns: entity
@@ -579,14 +566,14 @@ async fn fetch_by_keys(
             entity, tenant, versioned, &key_types,
         ))
         .await
-        .map_err(remote_err("prepare the fetch of changed rows"))?;
+        .map_err(on_remote("prepare the fetch of changed rows"))?;
     let take = sql::take_need_batch(entity, FETCH_BATCH);
     let mut fetched = 0;
     loop {
         let batch = ltx
             .query(&take, &[])
             .await
-            .map_err(local_err("take needed keys"))?;
+            .map_err(on_local("take needed keys"))?;
         if batch.is_empty() {
             return Ok(fetched);
         }
@@ -598,18 +585,18 @@ async fn fetch_by_keys(
         let rows = rtx
             .query_raw(&query, params)
             .await
-            .map_err(remote_err("fetch changed rows"))?;
+            .map_err(on_remote("fetch changed rows"))?;
         let sink = ltx
             .copy_in::<_, Bytes>(&sql::copy_into_stage(entity))
             .await
-            .map_err(local_err("write the stage table"))?;
+            .map_err(on_local("write the stage table"))?;
         let writer = BinaryCopyInWriter::new(sink, types);
         let mut writer = pin!(writer);
         let mut rows = pin!(rows);
         while let Some(row) = rows
             .try_next()
             .await
-            .map_err(remote_err("fetch changed rows"))?
+            .map_err(on_remote("fetch changed rows"))?
         {
             let values: Vec<RawValue> = (0..types.len()).map(|i| row.get(i)).collect();
             let refs: Vec<&(dyn ToSql + Sync)> =
@@ -618,14 +605,14 @@ async fn fetch_by_keys(
                 .as_mut()
                 .write(&refs)
                 .await
-                .map_err(local_err("write the stage table"))?;
+                .map_err(on_local("write the stage table"))?;
             fetched += 1;
         }
         writer
             .as_mut()
             .finish()
             .await
-            .map_err(local_err("write the stage table"))?;
+            .map_err(on_local("write the stage table"))?;
     }
 }
 
@@ -670,7 +657,7 @@ async fn apply(
     }
     ltx.batch_execute(&sql::sync_versions(entity))
         .await
-        .map_err(local_err("record row versions"))?;
+        .map_err(on_local("record row versions"))?;
     report.inserted = for_each_row(ltx, &sql::insert_new(entity), "insert new rows", |row| {
         let new = NewRow {
             key: key_of(&row, key_len),
@@ -703,7 +690,7 @@ async fn check_types(
     let remote = rtx
         .prepare(remote_select)
         .await
-        .map_err(remote_err("prepare the remote query"))?;
+        .map_err(on_remote("prepare the remote query"))?;
     let mismatches: Vec<String> = remote
         .columns()
         .iter()
@@ -730,18 +717,18 @@ async fn pipe(
     let stream = rtx
         .copy_out(copy_out)
         .await
-        .map_err(remote_err("read the remote rows"))?;
+        .map_err(on_remote("read the remote rows"))?;
     let sink = ltx
         .copy_in::<_, Bytes>(copy_in)
         .await
-        .map_err(local_err(target))?;
+        .map_err(on_local(target))?;
     let mut stream = pin!(stream);
     let mut sink = pin!(sink);
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(remote_err("read the remote rows"))?;
-        sink.as_mut().feed(chunk).await.map_err(local_err(target))?;
+        let chunk = chunk.map_err(on_remote("read the remote rows"))?;
+        sink.as_mut().feed(chunk).await.map_err(on_local(target))?;
     }
-    sink.as_mut().finish().await.map_err(local_err(target))
+    sink.as_mut().finish().await.map_err(on_local(target))
 }
 
 /// Runs a statement with `RETURNING`, streaming its rows to `f`; returns how many there were.
@@ -754,10 +741,10 @@ async fn for_each_row(
     let rows = tx
         .query_raw(statement, std::iter::empty::<&(dyn ToSql + Sync)>())
         .await
-        .map_err(local_err(context))?;
+        .map_err(on_local(context))?;
     let mut rows = pin!(rows);
     let mut count = 0;
-    while let Some(row) = rows.try_next().await.map_err(local_err(context))? {
+    while let Some(row) = rows.try_next().await.map_err(on_local(context))? {
         count += 1;
         f(row);
     }

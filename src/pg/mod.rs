@@ -88,6 +88,16 @@ impl PgError {
     }
 }
 
+/// A `map_err` adapter for a local statement: `.map_err(pg::on_local("claim readings"))`.
+pub fn on_local(context: &'static str) -> impl Fn(tokio_postgres::Error) -> PgError {
+    move |e| PgError::query("local", context, e)
+}
+
+/// A `map_err` adapter for a remote statement.
+pub fn on_remote(context: &'static str) -> impl Fn(tokio_postgres::Error) -> PgError {
+    move |e| PgError::query("remote", context, e)
+}
+
 /// The retry rule: SQLSTATE classes 08 (connection), 40 (transaction rollback: serialization,
 /// deadlock), 53 (insufficient resources), 57 (operator intervention: shutdown, cancel), and
 /// errors with no SQLSTATE that come from I/O or a closed connection.

@@ -56,7 +56,7 @@ pub struct RemoteQuery {
 }
 
 impl RemoteQuery {
-    /// The placeholder replaced by the tenant id.
+    /// The marker in a query that stands for the tenant id.
     pub const TENANT_PLACEHOLDER: &'static str = "$tenant_id";
 
     /// The query as written.

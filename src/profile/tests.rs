@@ -232,7 +232,7 @@ fn duplicate_names_and_tables_are_rejected() {
 }
 
 #[test]
-fn tenant_scoped_query_without_placeholder_is_rejected() {
+fn tenant_scoped_query_without_tenant_marker_is_rejected() {
     let text = REGISTER.replace(
         "name = \"register\"",
         "name = \"register\"\nremote_query = \"select id, name from register\"",

@@ -34,7 +34,7 @@ pub use quarantine::{
 pub use report::{QueueStats, RejectedReading, UploadReport};
 
 use crate::cli::chain;
-use crate::pg::{Backoff, PgError, Pools, RawValue};
+use crate::pg::{on_local, on_remote, Backoff, PgError, Pools, RawValue};
 use crate::profile::{AfterUpload, Ident, ReadingsSpec};
 use crate::sql;
 use crate::synclog::{self, LogEntry};
@@ -90,14 +90,6 @@ struct BatchOutcome {
 /// Set-up shared by every batch of a run.
 struct Plan {
     conflict_target: Option<Vec<Ident>>,
-}
-
-fn local_err(context: &'static str) -> impl Fn(tokio_postgres::Error) -> PgError {
-    move |e| PgError::query("local", context, e)
-}
-
-fn remote_err(context: &'static str) -> impl Fn(tokio_postgres::Error) -> PgError {
-    move |e| PgError::query("remote", context, e)
 }
 
 /// Runs one upload (draining the queue up to `max_batches`) and records it in `sync_logs`.
@@ -160,7 +152,7 @@ async fn run_batches(
     let locked: bool = guard
         .query_one("select pg_try_advisory_lock($1)", &[&UPLOAD_LOCK])
         .await
-        .map_err(local_err("take the upload lock"))?
+        .map_err(on_local("take the upload lock"))?
         .get(0);
     if !locked {
         return Err(UploadError::AlreadyRunning);
@@ -176,7 +168,7 @@ async fn run_batches(
                 &[&(request.retention_days as i32)],
             )
             .await
-            .map_err(local_err("purge synchronized readings"))?;
+            .map_err(on_local("purge synchronized readings"))?;
     }
     result
 }
@@ -340,11 +332,11 @@ async fn plan(pools: &Pools, request: UploadRequest<'_>) -> Result<Plan, UploadE
     let local_stmt = local
         .prepare(&sql::readings_select(readings, false))
         .await
-        .map_err(local_err("read the local readings columns"))?;
+        .map_err(on_local("read the local readings columns"))?;
     let remote_stmt = remote
         .prepare(&sql::readings_select(readings, true))
         .await
-        .map_err(remote_err("read the remote readings columns"))?;
+        .map_err(on_remote("read the remote readings columns"))?;
     let mismatches: Vec<String> = remote_stmt
         .columns()
         .iter()
@@ -362,7 +354,7 @@ async fn plan(pools: &Pools, request: UploadRequest<'_>) -> Result<Plan, UploadE
             &[&readings.remote_table.quoted(), &dedupe],
         )
         .await
-        .map_err(remote_err("look up the remote unique indexes"))?
+        .map_err(on_remote("look up the remote unique indexes"))?
         .map(|row| row.get(0));
     let conflict_target = target.map(|names| {
         readings
@@ -405,15 +397,15 @@ impl Session {
         remote
             .batch_execute(&sql::create_upload_stage(readings))
             .await
-            .map_err(remote_err("create the upload stage"))?;
+            .map_err(on_remote("create the upload stage"))?;
         let claim = local
             .prepare(&sql::claim_batch(readings))
             .await
-            .map_err(local_err("prepare the claim"))?;
+            .map_err(on_local("prepare the claim"))?;
         let claim_and_remove = local
             .prepare(&sql::claim_and_remove(readings))
             .await
-            .map_err(local_err("prepare the claim"))?;
+            .map_err(on_local("prepare the claim"))?;
         let remove = match readings.after_upload {
             AfterUpload::Delete => sql::delete_uploaded(readings),
             AfterUpload::Mark => sql::mark_uploaded(readings),
@@ -421,7 +413,7 @@ impl Session {
         let remove = local
             .prepare(&remove)
             .await
-            .map_err(local_err("prepare the removal"))?;
+            .map_err(on_local("prepare the removal"))?;
         let insert_all = remote
             .prepare(&sql::insert_new_readings(
                 readings,
@@ -429,7 +421,7 @@ impl Session {
                 false,
             ))
             .await
-            .map_err(remote_err("prepare the insert"))?;
+            .map_err(on_remote("prepare the insert"))?;
         let types = claim.columns().iter().map(|c| c.type_().clone()).collect();
         Ok(Self {
             local: Some(local),
@@ -505,8 +497,8 @@ async fn batch_on(
         local.batch_execute("begin"),
         local.query_raw(&session.claim_and_remove, [&limit as &(dyn ToSql + Sync)])
     );
-    begin.map_err(local_err("begin the batch"))?;
-    let rows = rows.map_err(local_err("claim queued readings"))?;
+    begin.map_err(on_local("begin the batch"))?;
+    let rows = rows.map_err(on_local("claim queued readings"))?;
     let ids = send(remote, session, rows, request.readings).await?;
     step("claim and send");
     if ids.is_empty() {
@@ -514,8 +506,8 @@ async fn batch_on(
             local.batch_execute("commit"),
             remote.batch_execute("commit")
         );
-        l.map_err(local_err("end the batch"))?;
-        r.map_err(remote_err("end the batch"))?;
+        l.map_err(on_local("end the batch"))?;
+        r.map_err(on_remote("end the batch"))?;
         return Ok(None);
     }
     let (inserted, commit) = tokio::join!(
@@ -524,13 +516,13 @@ async fn batch_on(
     );
     match inserted {
         Ok(inserted) => {
-            commit.map_err(remote_err("commit the batch"))?;
+            commit.map_err(on_remote("commit the batch"))?;
             step("remote insert and commit");
             // The remote has the readings now; a fault from here on only causes a resend.
             local
                 .batch_execute("commit")
                 .await
-                .map_err(local_err("commit the batch"))?;
+                .map_err(on_local("commit the batch"))?;
             step("local commit");
             Ok(Some(BatchOutcome {
                 claimed: ids.len() as u64,
@@ -544,7 +536,7 @@ async fn batch_on(
             local
                 .batch_execute("rollback")
                 .await
-                .map_err(local_err("roll back the refused batch"))?;
+                .map_err(on_local("roll back the refused batch"))?;
             careful_batch(local, remote, session, request, plan).await
         }
         Err(e) => Err(PgError::query("remote", "insert the readings", e).into()),
@@ -568,15 +560,15 @@ async fn careful_batch(
         local.batch_execute("begin"),
         local.query_raw(&session.claim, [&limit as &(dyn ToSql + Sync)])
     );
-    begin.map_err(local_err("begin the batch"))?;
-    let rows = rows.map_err(local_err("claim queued readings"))?;
+    begin.map_err(on_local("begin the batch"))?;
+    let rows = rows.map_err(on_local("claim queued readings"))?;
     let ids = send(remote, session, rows, readings).await?;
     let insert = sql::insert_new_readings(readings, plan.conflict_target.as_deref(), true);
     let (inserted, refused) = bisect(remote, &insert, ids.clone()).await?;
     remote
         .batch_execute("commit")
         .await
-        .map_err(remote_err("commit the batch"))?;
+        .map_err(on_remote("commit the batch"))?;
 
     // The remote has the readings now; a fault from here on only causes a harmless resend.
     let refused_ids: Vec<i64> = refused.iter().map(|(id, _)| *id).collect();
@@ -588,7 +580,7 @@ async fn careful_batch(
                 &[&id, &error, &(request.max_row_failures as i32)],
             )
             .await
-            .map_err(local_err("record a refused reading"))?
+            .map_err(on_local("record a refused reading"))?
             .get(0);
         rejected.push(RejectedReading {
             id,
@@ -601,8 +593,8 @@ async fn careful_batch(
         local.execute(&session.remove, &params),
         local.batch_execute("commit")
     );
-    let removed = removed.map_err(local_err("remove uploaded readings"))?;
-    commit.map_err(local_err("commit the batch"))?;
+    let removed = removed.map_err(on_local("remove uploaded readings"))?;
+    commit.map_err(on_local("commit the batch"))?;
     Ok(Some(BatchOutcome {
         claimed: ids.len() as u64,
         inserted,
@@ -624,8 +616,8 @@ async fn send(
         remote.batch_execute("begin"),
         remote.copy_in::<_, Bytes>(&stage)
     );
-    begin.map_err(remote_err("begin the batch"))?;
-    let sink = sink.map_err(remote_err("send the readings"))?;
+    begin.map_err(on_remote("begin the batch"))?;
+    let sink = sink.map_err(on_remote("send the readings"))?;
     let writer = BinaryCopyInWriter::new(sink, &session.types);
     let mut writer = pin!(writer);
     let mut rows = pin!(rows);
@@ -633,7 +625,7 @@ async fn send(
     while let Some(row) = rows
         .try_next()
         .await
-        .map_err(local_err("claim queued readings"))?
+        .map_err(on_local("claim queued readings"))?
     {
         ids.push(row.get::<_, i64>(0));
         let values: Vec<RawValue> = (0..session.types.len()).map(|i| row.get(i)).collect();
@@ -643,13 +635,13 @@ async fn send(
             .as_mut()
             .write(&refs)
             .await
-            .map_err(remote_err("send the readings"))?;
+            .map_err(on_remote("send the readings"))?;
     }
     writer
         .as_mut()
         .finish()
         .await
-        .map_err(remote_err("send the readings"))?;
+        .map_err(on_remote("send the readings"))?;
     Ok(ids)
 }
 
@@ -676,20 +668,20 @@ async fn bisect(
         remote
             .batch_execute("savepoint meter_sync_part")
             .await
-            .map_err(remote_err("savepoint"))?;
+            .map_err(on_remote("savepoint"))?;
         match remote.execute(insert, &[&part]).await {
             Ok(n) => {
                 inserted += n;
                 remote
                     .batch_execute("release savepoint meter_sync_part")
                     .await
-                    .map_err(remote_err("release savepoint"))?;
+                    .map_err(on_remote("release savepoint"))?;
             }
             Err(e) if is_data_error(&e) => {
                 remote
                     .batch_execute("rollback to savepoint meter_sync_part")
                     .await
-                    .map_err(remote_err("roll back a refused part"))?;
+                    .map_err(on_remote("roll back a refused part"))?;
                 if part.len() == 1 {
                     refused.push((part[0], crate::pg::describe(&e)));
                 } else {
@@ -712,7 +704,7 @@ pub async fn queue_stats(
     let row = client
         .query_one(&sql::queue_stats(readings), &[])
         .await
-        .map_err(local_err("measure the upload queue"))?;
+        .map_err(on_local("measure the upload queue"))?;
     Ok(QueueStats {
         size: row.get(0),
         quarantined: row.get(1),
