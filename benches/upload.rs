@@ -131,7 +131,7 @@ fn main() {
     let rows = env_rows("BENCH_ROWS", 1_000_000);
     let baseline_rows = env_rows("BENCH_BASELINE_ROWS", 20_000).min(rows);
     // UPLOAD_WORKERS for the measured runs (the service default unless BENCH_WORKERS says).
-    let workers = std::env::var("BENCH_WORKERS").unwrap_or_else(|_| "2".into());
+    let workers = std::env::var("BENCH_WORKERS").unwrap_or_else(|_| "4".into());
     let (local, remote) = clusters();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -193,6 +193,7 @@ fn prop_004_3_a_failing_batch_changes_nothing() {
                 .unwrap();
             let mut config = db.env.config.clone();
             config.batch_size = batch;
+            config.upload_workers = 1;
             let spec = db.profile.readings.as_ref().unwrap();
             let report = meter_sync::upload::run(&crate::support::pools(&db.env), meter_sync::cli::upload_request(&config, spec)).await;
             let on_remote = rows_text(&remote, READINGS_MULTISET).await;

@@ -116,7 +116,7 @@ pub static ALL: &[KeySpec] = &[
     key("BATCH_SIZE", Some("100"), "readings per upload batch"),
     key(
         "UPLOAD_WORKERS",
-        Some("2"),
+        Some("4"),
         "upload batches in flight at once, each on its own pair of connections (1-32)",
     ),
     key(

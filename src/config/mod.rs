@@ -524,7 +524,7 @@ mod tests {
         assert_eq!(config.meter_sync_cron.as_str(), "0 * * * *");
         assert_eq!(config.batch_size, 100);
         assert_eq!(config.max_batches_per_run, 10_000);
-        assert_eq!(config.upload_workers, 2);
+        assert_eq!(config.upload_workers, 4);
         assert_eq!(config.retry.max_connection_retries, 5);
         assert_eq!(config.retry.max_query_retries, 3);
         assert_eq!(config.retry.base, Duration::from_secs(2));

@@ -79,6 +79,17 @@ impl PgError {
         }
     }
 
+    /// Which database the error came from (`local` or `remote`).
+    pub fn side(&self) -> &'static str {
+        match self {
+            PgError::Connect { side, .. }
+            | PgError::ConnectTimeout { side, .. }
+            | PgError::Pool { side, .. }
+            | PgError::Query { side, .. } => side,
+            PgError::Tls(_) => "",
+        }
+    }
+
     /// The SQLSTATE, when the server sent one.
     pub fn code(&self) -> Option<&SqlState> {
         match self {

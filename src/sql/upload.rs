@@ -178,6 +178,16 @@ pub fn copy_into_upload_stage(readings: &ReadingsSpec) -> String {
     )
 }
 
+/// `COPY remote_readings FROM STDIN` in binary: the direct path, used when a unique index
+/// guards the dedupe key (a resend then fails as a whole and goes through the stage).
+pub fn copy_into_remote_readings(readings: &ReadingsSpec) -> String {
+    format!(
+        "copy {} ({}) from stdin (format binary)",
+        readings.remote_table.quoted(),
+        uploaded(readings)
+    )
+}
+
 /// The columns of a remote unique index that lies within the dedupe key, if any: binds `$1`
 /// the quoted remote table, `$2` the dedupe key column names.
 pub const SELECT_DEDUPE_INDEX: &str = "select array_agg(a.attname::text order by k.ord)

@@ -482,6 +482,94 @@ async fn batch_on(
     request: UploadRequest<'_>,
     plan: &Plan,
 ) -> Result<Option<BatchOutcome>, UploadError> {
+    if plan.conflict_target.is_some() {
+        match direct_batch(local, remote, session, request).await? {
+            Direct::Done(outcome) => return Ok(outcome),
+            Direct::Refused => {}
+        }
+    }
+    staged_batch(local, remote, session, request, plan).await
+}
+
+/// Outcome of the direct path.
+enum Direct {
+    Done(Option<BatchOutcome>),
+    /// The remote refused the batch (a reading it already has, or bad data); both sides were
+    /// rolled back.
+    Refused,
+}
+
+/// Direct path, when a unique index guards the dedupe key: COPY the batch straight into the
+/// remote readings table, which inserts many rows at a time. A batch holding a reading the
+/// remote already has (a resend after a fault) violates the index and fails whole; it then
+/// goes through the stage, where `ON CONFLICT DO NOTHING` skips those readings.
+async fn direct_batch(
+    local: &tokio_postgres::Client,
+    remote: &tokio_postgres::Client,
+    session: &Session,
+    request: UploadRequest<'_>,
+) -> Result<Direct, UploadError> {
+    let limit = i64::from(request.batch_size);
+    let (begin, rows) = tokio::join!(
+        local.batch_execute("begin"),
+        local.query_raw(&session.claim_and_remove, [&limit as &(dyn ToSql + Sync)])
+    );
+    begin.map_err(on_local("begin the batch"))?;
+    let rows = rows.map_err(on_local("claim queued readings"))?;
+    match send(remote, session, rows, request.readings, Destination::Table).await {
+        Ok(ids) if ids.is_empty() => {
+            let (l, r) = tokio::join!(
+                local.batch_execute("commit"),
+                remote.batch_execute("commit")
+            );
+            l.map_err(on_local("end the batch"))?;
+            r.map_err(on_remote("end the batch"))?;
+            Ok(Direct::Done(None))
+        }
+        Ok(ids) => {
+            remote
+                .batch_execute("commit")
+                .await
+                .map_err(on_remote("commit the batch"))?;
+            // The remote has the readings now; a fault from here on only causes a resend.
+            local
+                .batch_execute("commit")
+                .await
+                .map_err(on_local("commit the batch"))?;
+            let n = ids.len() as u64;
+            Ok(Direct::Done(Some(BatchOutcome {
+                claimed: n,
+                inserted: n,
+                removed: n,
+                rejected: Vec::new(),
+            })))
+        }
+        Err(e)
+            if e.side() == "remote"
+                && e.code()
+                    .is_some_and(|c| c.code().starts_with("23") || c.code().starts_with("22")) =>
+        {
+            let (l, r) = tokio::join!(
+                local.batch_execute("rollback"),
+                remote.batch_execute("rollback")
+            );
+            l.map_err(on_local("roll back the batch"))?;
+            r.map_err(on_remote("roll back the batch"))?;
+            tracing::debug!(error = %e, "direct copy refused; going through the stage");
+            Ok(Direct::Refused)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The staged path: stage the batch remotely, insert what the remote lacks, commit both.
+async fn staged_batch(
+    local: &tokio_postgres::Client,
+    remote: &tokio_postgres::Client,
+    session: &Session,
+    request: UploadRequest<'_>,
+    plan: &Plan,
+) -> Result<Option<BatchOutcome>, UploadError> {
     let limit = i64::from(request.batch_size);
     let mut last = Instant::now();
     let mut step = |name: &str| {
@@ -499,7 +587,7 @@ async fn batch_on(
     );
     begin.map_err(on_local("begin the batch"))?;
     let rows = rows.map_err(on_local("claim queued readings"))?;
-    let ids = send(remote, session, rows, request.readings).await?;
+    let ids = send(remote, session, rows, request.readings, Destination::Stage).await?;
     step("claim and send");
     if ids.is_empty() {
         let (l, r) = tokio::join!(
@@ -562,7 +650,7 @@ async fn careful_batch(
     );
     begin.map_err(on_local("begin the batch"))?;
     let rows = rows.map_err(on_local("claim queued readings"))?;
-    let ids = send(remote, session, rows, readings).await?;
+    let ids = send(remote, session, rows, readings, Destination::Stage).await?;
     let insert = sql::insert_new_readings(readings, plan.conflict_target.as_deref(), true);
     let (inserted, refused) = bisect(remote, &insert, ids.clone()).await?;
     remote
@@ -605,20 +693,33 @@ async fn careful_batch(
 
 /// Begins a remote transaction and streams the claimed rows into the remote stage as they
 /// arrive, values passed through in binary; returns their local ids.
+/// Where `send` writes a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Destination {
+    /// The remote temporary stage (local id and columns).
+    Stage,
+    /// The remote readings table itself (columns only).
+    Table,
+}
+
 async fn send(
     remote: &tokio_postgres::Client,
     session: &Session,
     rows: tokio_postgres::RowStream,
     readings: &ReadingsSpec,
+    destination: Destination,
 ) -> Result<Vec<i64>, PgError> {
-    let stage = sql::copy_into_upload_stage(readings);
+    let (stage, skip) = match destination {
+        Destination::Stage => (sql::copy_into_upload_stage(readings), 0),
+        Destination::Table => (sql::copy_into_remote_readings(readings), 1),
+    };
     let (begin, sink) = tokio::join!(
         remote.batch_execute("begin"),
         remote.copy_in::<_, Bytes>(&stage)
     );
     begin.map_err(on_remote("begin the batch"))?;
     let sink = sink.map_err(on_remote("send the readings"))?;
-    let writer = BinaryCopyInWriter::new(sink, &session.types);
+    let writer = BinaryCopyInWriter::new(sink, &session.types[skip..]);
     let mut writer = pin!(writer);
     let mut rows = pin!(rows);
     let mut ids = Vec::new();
@@ -628,7 +729,7 @@ async fn send(
         .map_err(on_local("claim queued readings"))?
     {
         ids.push(row.get::<_, i64>(0));
-        let values: Vec<RawValue> = (0..session.types.len()).map(|i| row.get(i)).collect();
+        let values: Vec<RawValue> = (skip..session.types.len()).map(|i| row.get(i)).collect();
         let refs: Vec<&(dyn ToSql + Sync)> =
             values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
         writer
