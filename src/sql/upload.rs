@@ -46,7 +46,9 @@ pub fn claim_and_remove(readings: &ReadingsSpec) -> String {
         ),
     };
     format!(
-        "{action} where {id} in ({claim}) returning {id}, {cols}",
+        // `= any(array(...))`, not `in (...)`: the planner then looks the ids up through the
+        // primary key instead of scanning the whole queue for every batch.
+        "{action} where {id} = any(array({claim})) returning {id}, {cols}",
         id = readings.id_column.quoted(),
         cols = uploaded(readings),
     )
