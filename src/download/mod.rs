@@ -118,22 +118,10 @@ async fn run_entities(
     report: &mut DownloadReport,
 ) -> Result<(), RunError> {
     let backoff = request.backoff;
-    let mut local = backoff
-        .retry(
-            "connect to the local database",
-            PgError::is_retryable,
-            || pools.local(),
-        )
-        .await?;
+    let mut local = pools.local_with_retry(backoff).await?;
     let tenant = tenant::resolve(&**local, request.tenant, request.profile).await?;
     report.tenant = Some(tenant.to_string());
-    let mut remote = backoff
-        .retry(
-            "connect to the remote database",
-            PgError::is_retryable,
-            || pools.remote(),
-        )
-        .await?;
+    let mut remote = pools.remote_with_retry(backoff).await?;
     let remote_client: &mut tokio_postgres::Client = &mut remote;
     let rtx = remote_client
         .build_transaction()
@@ -691,13 +679,7 @@ async fn check_types(
         .prepare(remote_select)
         .await
         .map_err(on_remote("prepare the remote query"))?;
-    let mismatches: Vec<String> = remote
-        .columns()
-        .iter()
-        .zip(local.columns())
-        .filter(|(r, l)| r.type_() != l.type_())
-        .map(|(r, l)| format!("{}: remote {}, local {}", l.name(), r.type_(), l.type_()))
-        .collect();
+    let mismatches = crate::pg::type_mismatches(&remote, &local);
     if mismatches.is_empty() {
         Ok(local.columns().iter().map(|c| c.type_().clone()).collect())
     } else {

@@ -141,14 +141,7 @@ async fn run_batches(
 ) -> Result<(), UploadError> {
     let readings = request.readings;
     // One run at a time per local database, held on a connection of its own for the run.
-    let guard = request
-        .connect
-        .retry(
-            "connect to the local database",
-            PgError::is_retryable,
-            || pools.local(),
-        )
-        .await?;
+    let guard = pools.local_with_retry(request.connect).await?;
     let locked: bool = guard
         .query_one("select pg_try_advisory_lock($1)", &[&UPLOAD_LOCK])
         .await
@@ -321,14 +314,7 @@ async fn worker(
 async fn plan(pools: &Pools, request: UploadRequest<'_>) -> Result<Plan, UploadError> {
     let readings = request.readings;
     let local = pools.local().await?;
-    let remote = request
-        .connect
-        .retry(
-            "connect to the remote database",
-            PgError::is_retryable,
-            || pools.remote(),
-        )
-        .await?;
+    let remote = pools.remote_with_retry(request.connect).await?;
     let local_stmt = local
         .prepare(&sql::readings_select(readings, false))
         .await
@@ -337,13 +323,7 @@ async fn plan(pools: &Pools, request: UploadRequest<'_>) -> Result<Plan, UploadE
         .prepare(&sql::readings_select(readings, true))
         .await
         .map_err(on_remote("read the remote readings columns"))?;
-    let mismatches: Vec<String> = remote_stmt
-        .columns()
-        .iter()
-        .zip(local_stmt.columns())
-        .filter(|(r, l)| r.type_() != l.type_())
-        .map(|(r, l)| format!("{}: remote {}, local {}", l.name(), r.type_(), l.type_()))
-        .collect();
+    let mismatches = crate::pg::type_mismatches(&remote_stmt, &local_stmt);
     if !mismatches.is_empty() {
         return Err(UploadError::TypeMismatch(mismatches.join("; ")));
     }
