@@ -11,11 +11,8 @@
 #[path = "support.rs"]
 mod support;
 
-use std::pin::pin;
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
 use meter_sync::download::{self, DownloadRequest};
 use meter_sync::fixture::{self, FixtureSize, Layout};
 use meter_sync::pg::{Backoff, Pools};
@@ -85,22 +82,12 @@ async fn raw_pipe(sites: &Sites<'_>, name: &str) -> (u64, Duration) {
         ))
         .await
         .unwrap();
-    timed(async {
-        let stream = remote
-            .copy_out(&format!("copy (select {METER_COLUMNS} from meter where tenant_id = '1') to stdout (format binary)"))
-            .await
-            .unwrap();
-        let sink = local
-            .copy_in::<_, Bytes>(&format!("copy pipe_target ({METER_COLUMNS}) from stdin (format binary)"))
-            .await
-            .unwrap();
-        let mut stream = pin!(stream);
-        let mut sink = pin!(sink);
-        while let Some(chunk) = stream.next().await {
-            sink.as_mut().feed(chunk.unwrap()).await.unwrap();
-        }
-        sink.as_mut().finish().await.unwrap()
-    })
+    copy_pipe(
+        &remote,
+        &format!("copy (select {METER_COLUMNS} from meter where tenant_id = '1') to stdout (format binary)"),
+        &local,
+        &format!("copy pipe_target ({METER_COLUMNS}) from stdin (format binary)"),
+    )
     .await
 }
 

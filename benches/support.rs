@@ -2,7 +2,11 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+use std::pin::pin;
 use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
 
 use meter_sync::config::{Config, Sources};
 use meter_sync::pgcluster::{ClusterOptions, PgCluster};
@@ -108,4 +112,25 @@ pub fn secs(d: Duration) -> String {
 /// Rows per second.
 pub fn rate(rows: i64, d: Duration) -> String {
     format!("{:.0} rows/s", rows as f64 / d.as_secs_f64())
+}
+
+/// The raw pipe baseline: `copy_out` on `from` streamed chunk by chunk into `copy_in` on `to`;
+/// returns the rows copied and the time taken.
+pub async fn copy_pipe(
+    from: &tokio_postgres::Client,
+    copy_out: &str,
+    to: &tokio_postgres::Client,
+    copy_in: &str,
+) -> (u64, Duration) {
+    timed(async {
+        let stream = from.copy_out(copy_out).await.unwrap();
+        let sink = to.copy_in::<_, Bytes>(copy_in).await.unwrap();
+        let mut stream = pin!(stream);
+        let mut sink = pin!(sink);
+        while let Some(chunk) = stream.next().await {
+            sink.as_mut().feed(chunk.unwrap()).await.unwrap();
+        }
+        sink.as_mut().finish().await.unwrap()
+    })
+    .await
 }

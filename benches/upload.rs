@@ -11,11 +11,8 @@
 #[path = "support.rs"]
 mod support;
 
-use std::pin::pin;
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
 use meter_sync::fixture::{insert_local_readings, Layout};
 use meter_sync::pg::Pools;
 use meter_sync::pgcluster::PgCluster;
@@ -53,26 +50,12 @@ async fn empty_remote(remote: &PgCluster) {
 async fn raw_pipe(local: &PgCluster, remote: &PgCluster) -> (u64, Duration) {
     let l = connect(local, "site").await;
     let r = connect(remote, "central").await;
-    timed(async {
-        let stream = l
-            .copy_out(&format!(
-                "copy (select {COLUMNS} from meter_readings) to stdout (format binary)"
-            ))
-            .await
-            .unwrap();
-        let sink = r
-            .copy_in::<_, Bytes>(&format!(
-                "copy meter_readings ({COLUMNS}) from stdin (format binary)"
-            ))
-            .await
-            .unwrap();
-        let mut stream = pin!(stream);
-        let mut sink = pin!(sink);
-        while let Some(chunk) = stream.next().await {
-            sink.as_mut().feed(chunk.unwrap()).await.unwrap();
-        }
-        sink.as_mut().finish().await.unwrap()
-    })
+    copy_pipe(
+        &l,
+        &format!("copy (select {COLUMNS} from meter_readings) to stdout (format binary)"),
+        &r,
+        &format!("copy meter_readings ({COLUMNS}) from stdin (format binary)"),
+    )
     .await
 }
 

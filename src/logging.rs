@@ -2,6 +2,7 @@
 //! keeping 30 files when set. stdout is left to command output and the MCP protocol.
 
 use std::path::Path;
+use std::time::Instant;
 
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -76,4 +77,36 @@ pub fn init(level: &str, format: LogFormat, file: Option<&Path>) -> Result<LogGu
         .with(file_layer)
         .try_init();
     Ok(LogGuard { _file: guard })
+}
+
+/// Logs how long each step of an operation took, at debug level, for tuning and diagnosis
+/// (`LOG_LEVEL=meter_sync=debug`).
+pub struct Steps<'a> {
+    operation: &'static str,
+    subject: &'a str,
+    last: Instant,
+}
+
+impl<'a> Steps<'a> {
+    /// Starts timing `operation` (`download`, `upload`) of `subject` (an entity, a table).
+    pub fn new(operation: &'static str, subject: &'a str) -> Self {
+        Self {
+            operation,
+            subject,
+            last: Instant::now(),
+        }
+    }
+
+    /// Logs the time since the previous step (or the start) under the name `step`.
+    pub fn done(&mut self, step: &str) {
+        let now = Instant::now();
+        tracing::debug!(
+            operation = self.operation,
+            subject = self.subject,
+            step,
+            ms = (now - self.last).as_secs_f64() * 1000.0,
+            "step done"
+        );
+        self.last = now;
+    }
 }

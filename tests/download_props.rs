@@ -10,13 +10,11 @@ use meter_sync::download::DownloadReport;
 use meter_sync::fixture::{FixtureSize, Layout};
 use meter_sync::profile::{Profile, DB_SYNC_PROCESS_PROFILE_TOML};
 use proptest::prelude::*;
-use proptest::test_runner::TestRunner;
 use serde_json::{json, Value};
 use tokio_postgres::Client;
 
 use crate::support::{
-    database_checksum, download, load_remote_fixture, migrate_local, proptest_config, rows_text,
-    TestEnv,
+    database_checksum, download, load_remote_fixture, migrate_local, rows_text, TestEnv,
 };
 
 // ---------------------------------------------------------------- generators
@@ -152,18 +150,13 @@ impl PropDb {
 }
 
 /// Runs `case` for generated values; failures shrink like any proptest.
+/// Runs `case` for generated values on this property's databases.
 fn check<T: std::fmt::Debug>(
     db: &PropDb,
     strategy: impl Strategy<Value = T>,
     case: impl Fn(&PropDb, T),
 ) {
-    let mut runner = TestRunner::new(proptest_config(10));
-    if let Err(e) = runner.run(&strategy, |value| {
-        case(db, value);
-        Ok(())
-    }) {
-        panic!("{e}");
-    }
+    crate::support::check_cases(strategy, |value| case(db, value));
 }
 
 async fn write_side(client: &Client, side: &Side, remote: bool) {

@@ -7,11 +7,10 @@ use std::time::{Duration, Instant};
 
 use meter_sync::profile::Profile;
 use proptest::prelude::*;
-use proptest::test_runner::TestRunner;
 use serde_json::{json, Value};
 use tokio_postgres::Client;
 
-use crate::support::{count, proptest_config, rows_text, upload_env, TestEnv, READINGS_MULTISET};
+use crate::support::{count, rows_text, upload_env, TestEnv, READINGS_MULTISET};
 
 /// A reading: (meter, minute) identify it with the unit; the value is numeric text.
 type Readings = BTreeMap<(u8, u16, &'static str), (String, Option<Value>)>;
@@ -55,18 +54,13 @@ impl PropDb {
     }
 }
 
+/// Runs `case` for generated values on this property's databases.
 fn check<T: std::fmt::Debug>(
     db: &PropDb,
     strategy: impl Strategy<Value = T>,
     case: impl Fn(&PropDb, T),
 ) {
-    let mut runner = TestRunner::new(proptest_config(10));
-    if let Err(e) = runner.run(&strategy, |value| {
-        case(db, value);
-        Ok(())
-    }) {
-        panic!("{e}");
-    }
+    crate::support::check_cases(strategy, |value| case(db, value));
 }
 
 /// Empties both sides and queues the readings locally in a random order of ids.

@@ -26,6 +26,7 @@ pub use report::{ChangedRow, DownloadReport, EntityReport, NewRow, DETAIL_LIMIT}
 pub use tenant::{resolve as resolve_tenant, TenantError};
 
 use crate::cli::chain;
+use crate::logging::Steps;
 use crate::pg::{on_local, on_remote, Backoff, PgError, Pools, RawValue};
 use crate::profile::{EntitySpec, Ident, Profile, RemoteSource, TenantId};
 use crate::sql;
@@ -208,32 +209,6 @@ async fn savepoints(
         .map_err(|e| PgError::query("remote", statement.to_string(), e))
 }
 
-/// Logs how long each step of an entity took (debug level), for tuning and diagnosis.
-struct Steps<'a> {
-    entity: &'a str,
-    last: Instant,
-}
-
-impl<'a> Steps<'a> {
-    fn new(entity: &'a str) -> Self {
-        Self {
-            entity,
-            last: Instant::now(),
-        }
-    }
-
-    fn done(&mut self, step: &str) {
-        let now = Instant::now();
-        tracing::debug!(
-            entity = self.entity,
-            step,
-            ms = (now - self.last).as_secs_f64() * 1000.0,
-            "download step"
-        );
-        self.last = now;
-    }
-}
-
 /// Above this fraction of new or changed rows the diff path stages every row instead.
 const FULL_STAGE_FRACTION: f64 = 0.25;
 
@@ -280,7 +255,7 @@ async fn sync_entity(
         return sync_cold(ltx, rtx, entity, &remote_select, targets, report).await;
     }
 
-    let mut steps = Steps::new(entity.name.as_str());
+    let mut steps = Steps::new("download", entity.name.as_str());
     ltx.batch_execute(&sql::create_stage(entity))
         .await
         .map_err(on_local("create the stage table"))?;

@@ -34,6 +34,7 @@ pub use quarantine::{
 pub use report::{QueueStats, RejectedReading, UploadReport};
 
 use crate::cli::chain;
+use crate::logging::Steps;
 use crate::pg::{on_local, on_remote, Backoff, PgError, Pools, RawValue};
 use crate::profile::{AfterUpload, Ident, ReadingsSpec};
 use crate::sql;
@@ -450,11 +451,9 @@ async fn batch(
     result
 }
 
-/// One batch on open connections. Fast path: claim and remove the readings in one local
-/// statement, stream them into the remote stage, insert what the remote lacks and commit the
-/// remote, then commit locally. The local removal only takes effect with that last commit, which
-/// is never sent before the remote commit has succeeded. If the remote refuses the batch's
-/// data, the local transaction is rolled back and the batch goes the careful way.
+/// One batch on open connections: the direct path when a unique index guards the dedupe key,
+/// the staged path otherwise or when the direct copy was refused. Either way the local removal
+/// only takes effect with the local commit, never sent before the remote commit succeeded.
 async fn batch_on(
     local: &tokio_postgres::Client,
     remote: &tokio_postgres::Client,
@@ -490,13 +489,16 @@ async fn direct_batch(
     request: UploadRequest<'_>,
 ) -> Result<Direct, UploadError> {
     let limit = i64::from(request.batch_size);
+    let mut steps = Steps::new("upload", request.readings.table.bare());
     let (begin, rows) = tokio::join!(
         local.batch_execute("begin"),
         local.query_raw(&session.claim_and_remove, [&limit as &(dyn ToSql + Sync)])
     );
     begin.map_err(on_local("begin the batch"))?;
     let rows = rows.map_err(on_local("claim queued readings"))?;
-    match send(remote, session, rows, request.readings, Destination::Table).await {
+    let sent = send(remote, session, rows, request.readings, Destination::Table).await;
+    steps.done("claim and copy");
+    match sent {
         Ok(ids) if ids.is_empty() => {
             let (l, r) = tokio::join!(
                 local.batch_execute("commit"),
@@ -511,11 +513,13 @@ async fn direct_batch(
                 .batch_execute("commit")
                 .await
                 .map_err(on_remote("commit the batch"))?;
+            steps.done("remote commit");
             // The remote has the readings now; a fault from here on only causes a resend.
             local
                 .batch_execute("commit")
                 .await
                 .map_err(on_local("commit the batch"))?;
+            steps.done("local commit");
             let n = ids.len() as u64;
             Ok(Direct::Done(Some(BatchOutcome {
                 claimed: n,
@@ -542,7 +546,10 @@ async fn direct_batch(
     }
 }
 
-/// The staged path: stage the batch remotely, insert what the remote lacks, commit both.
+/// The staged path: claim and remove the readings in one local statement, stream them into the
+/// remote stage, insert what the remote lacks and commit the remote, then commit locally. If the
+/// remote refuses the batch's data, the local transaction is rolled back and the batch goes the
+/// careful way.
 async fn staged_batch(
     local: &tokio_postgres::Client,
     remote: &tokio_postgres::Client,
@@ -551,16 +558,7 @@ async fn staged_batch(
     plan: &Plan,
 ) -> Result<Option<BatchOutcome>, UploadError> {
     let limit = i64::from(request.batch_size);
-    let mut last = Instant::now();
-    let mut step = |name: &str| {
-        let now = Instant::now();
-        tracing::trace!(
-            step = name,
-            us = (now - last).as_micros() as u64,
-            "upload step"
-        );
-        last = now;
-    };
+    let mut steps = Steps::new("upload", request.readings.table.bare());
     let (begin, rows) = tokio::join!(
         local.batch_execute("begin"),
         local.query_raw(&session.claim_and_remove, [&limit as &(dyn ToSql + Sync)])
@@ -568,7 +566,7 @@ async fn staged_batch(
     begin.map_err(on_local("begin the batch"))?;
     let rows = rows.map_err(on_local("claim queued readings"))?;
     let ids = send(remote, session, rows, request.readings, Destination::Stage).await?;
-    step("claim and send");
+    steps.done("claim and send");
     if ids.is_empty() {
         let (l, r) = tokio::join!(
             local.batch_execute("commit"),
@@ -585,13 +583,13 @@ async fn staged_batch(
     match inserted {
         Ok(inserted) => {
             commit.map_err(on_remote("commit the batch"))?;
-            step("remote insert and commit");
+            steps.done("remote insert and commit");
             // The remote has the readings now; a fault from here on only causes a resend.
             local
                 .batch_execute("commit")
                 .await
                 .map_err(on_local("commit the batch"))?;
-            step("local commit");
+            steps.done("local commit");
             Ok(Some(BatchOutcome {
                 claimed: ids.len() as u64,
                 inserted,

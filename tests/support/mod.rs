@@ -333,3 +333,18 @@ pub async fn upload(env: &TestEnv, profile: &Profile) -> meter_sync::upload::Upl
 /// Readings as comparable text rows (every uploaded column), sorted: a multiset.
 pub const READINGS_MULTISET: &str =
     "select meter_id, timestamp, value, unit, metadata from meter_readings order by meter_id, timestamp, unit, value::text, metadata::text";
+
+/// Runs a property against the databases: `case` gets each generated value; a panic fails the
+/// case and proptest shrinks it. Case count from [`proptest_config`] (default 10).
+pub fn check_cases<T: std::fmt::Debug>(
+    strategy: impl proptest::strategy::Strategy<Value = T>,
+    case: impl Fn(T),
+) {
+    let mut runner = proptest::test_runner::TestRunner::new(proptest_config(10));
+    if let Err(e) = runner.run(&strategy, |value| {
+        case(value);
+        Ok(())
+    }) {
+        panic!("{e}");
+    }
+}
