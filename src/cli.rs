@@ -9,9 +9,11 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 
 use crate::config::{Config, RawSettings, Sources};
-use crate::download::{self, DownloadReport, DownloadRequest};
+use crate::cycle;
+use crate::download::{self, DownloadReport};
 use crate::pg::{self, Backoff, Pools};
 use crate::profile::Profile;
+use crate::runlock::{LockError, RunKind, RunLock, Running, Trigger};
 use crate::schema;
 use crate::upload;
 
@@ -48,6 +50,16 @@ pub enum Command {
     /// Validate the configuration and profile, print them (secrets masked) and connect to both
     /// databases; says which side failed and why.
     Check {
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the service: the start-up cycle, uploads every SYNC_INTERVAL_SECONDS, downloads on
+    /// METER_SYNC_CRON, the HTTP API on API_HOST:API_PORT; stops gracefully on SIGTERM/SIGINT.
+    Run,
+    /// Run one full cycle (upload, then every download) and exit: 0 when every part
+    /// succeeded, 1 otherwise.
+    Once {
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -172,6 +184,8 @@ pub async fn run(cli: Cli) -> ExitCode {
         Err(e) => return usage_error(e),
     };
     match cli.command {
+        Command::Run => crate::app::run(&raw, config, profile).await,
+        Command::Once { json } => once(config, profile, json).await,
         Command::Check { json } => check(&raw, &config, &profile, json).await,
         Command::Migrate { json } => migrate(&config, &profile, json).await,
         Command::Download {
@@ -335,17 +349,16 @@ async fn download(
         Ok(pools) => pools,
         Err(e) => return usage_error(e),
     };
+    let lock = match run_lock(config, RunKind::Download).await {
+        Ok(lock) => lock,
+        Err(code) => return code,
+    };
     let report = download::run(
         &pools,
-        DownloadRequest {
-            profile,
-            tenant: config.tenant_id.as_ref(),
-            only: entities,
-            backoff: Backoff::connection(&config.retry),
-            full,
-        },
+        cycle::download_request(config, profile, entities, full),
     )
     .await;
+    release(lock).await;
     if json {
         let mut value = serde_json::to_value(&report).unwrap_or_default();
         value["success"] = report.success().into();
@@ -406,20 +419,28 @@ fn readings(profile: &Profile) -> Result<&crate::profile::ReadingsSpec, ExitCode
     })
 }
 
-/// The upload settings of a configuration.
-pub fn upload_request<'a>(
-    config: &Config,
-    readings: &'a crate::profile::ReadingsSpec,
-) -> upload::UploadRequest<'a> {
-    upload::UploadRequest {
-        readings,
-        batch_size: config.batch_size,
-        max_batches: config.max_batches_per_run,
-        workers: config.upload_workers,
-        connect: Backoff::connection(&config.retry),
-        retry: Backoff::query(&config.retry),
-        max_row_failures: config.max_row_failures,
-        retention_days: config.reading_retention_days,
+/// Takes the run lock for a CLI run, so it never runs beside the service or another CLI run
+/// on the same local database. An unreachable local database is left to the run to report.
+async fn run_lock(config: &Config, kind: RunKind) -> Result<Option<RunLock>, ExitCode> {
+    match RunLock::acquire(
+        &config.local,
+        &config.pool,
+        &Running::now(kind, Trigger::Cli),
+    )
+    .await
+    {
+        Ok(lock) => Ok(Some(lock)),
+        Err(LockError::Busy(running)) => {
+            eprintln!("meter-sync: {running}");
+            Err(ExitCode::from(EXIT_FAILED))
+        }
+        Err(LockError::Database(_)) => Ok(None),
+    }
+}
+
+async fn release(lock: Option<RunLock>) {
+    if let Some(lock) = lock {
+        lock.release().await;
     }
 }
 
@@ -432,34 +453,18 @@ async fn upload(config: &Config, profile: &Profile, json: bool) -> ExitCode {
         Ok(pools) => pools,
         Err(e) => return usage_error(e),
     };
-    let report = upload::run(&pools, upload_request(config, readings)).await;
+    let lock = match run_lock(config, RunKind::Upload).await {
+        Ok(lock) => lock,
+        Err(code) => return code,
+    };
+    let report = upload::run(&pools, cycle::upload_request(config, readings)).await;
+    release(lock).await;
     if json {
         let mut value = serde_json::to_value(&report).unwrap_or_default();
         value["success"] = report.success().into();
         println!("{value:#}");
     } else {
-        let verdict = if report.success() { "ok" } else { "FAILED" };
-        println!(
-            "upload: {verdict} in {} ms: {} uploaded, {} already on the remote, {} removed locally, {} refused ({} quarantined), {} batches",
-            report.duration_ms, report.uploaded, report.deduplicated, report.removed, report.rejected_count, report.quarantined, report.batches
-        );
-        if let (Some(before), Some(after)) = (report.queue_before, report.queue_after) {
-            println!(
-                "queue: {} before, {} after; {} quarantined",
-                before.size, after.size, after.quarantined
-            );
-        }
-        for r in &report.rejected {
-            println!(
-                "refused reading {}: {}{}",
-                r.id,
-                r.error,
-                if r.quarantined { " (quarantined)" } else { "" }
-            );
-        }
-        if let Some(error) = &report.error {
-            println!("error: {error}");
-        }
+        print_upload(&report);
     }
     ExitCode::from(if report.success() {
         EXIT_OK
@@ -469,66 +474,135 @@ async fn upload(config: &Config, profile: &Profile, json: bool) -> ExitCode {
 }
 
 async fn status(config: &Config, profile: &Profile, json: bool) -> ExitCode {
-    let result = async {
-        let client = pg::connect(&config.local, &config.pool).await?;
-        let queue = match &profile.readings {
-            Some(r) => Some(upload::queue_stats(&client, r).await?),
-            None => None,
-        };
-        let meter_count = crate::status::meter_count(&client, profile).await?;
-        let last = crate::status::last_runs(&client).await?;
-        Ok::<_, pg::PgError>((queue, meter_count, last))
+    let pools = match Pools::new(config) {
+        Ok(pools) => pools,
+        Err(e) => return usage_error(e),
+    };
+    let status = crate::status::sync_status(&pools, config, profile, None).await;
+    let meter = crate::status::meter_sync_status(&pools, profile, None)
+        .await
+        .ok();
+    if json {
+        let mut value = serde_json::to_value(&status).unwrap_or_default();
+        value["meter_sync"] = serde_json::to_value(&meter).unwrap_or_default();
+        println!("{value:#}");
+    } else {
+        print_status(&status);
     }
-    .await;
-    match result {
-        Ok((queue, meter_count, last)) => {
-            if json {
-                println!(
-                    "{:#}",
-                    serde_json::json!({ "queue": queue, "meter_count": meter_count, "last_runs": last })
-                );
-            } else {
-                match queue {
-                    Some(q) => println!(
-                        "upload queue: {} readings, oldest {}, {} quarantined",
-                        q.size,
-                        q.oldest_age_seconds
-                            .map_or("-".to_string(), |s| format!("{s:.0} s old")),
-                        q.quarantined
-                    ),
-                    None => println!("upload queue: (the profile has no readings table)"),
-                }
-                if let Some(n) = meter_count {
-                    println!("active meters: {n}");
-                }
-                if last.is_empty() {
-                    println!("no sync has run yet");
-                }
-                for run in &last {
-                    println!(
-                        "last {}{}: {} at {} ({} ms){}",
-                        run.sync_type,
-                        run.entity
-                            .as_deref()
-                            .map(|e| format!(" {e}"))
-                            .unwrap_or_default(),
-                        if run.success { "ok" } else { "FAILED" },
-                        run.timestamp.to_rfc3339(),
-                        run.duration_ms.unwrap_or(0),
-                        run.error_message
-                            .as_deref()
-                            .map(|e| format!(": {e}"))
-                            .unwrap_or_default()
-                    );
-                }
-            }
-            ExitCode::from(EXIT_OK)
+    ExitCode::from(if status.local_db_connected {
+        EXIT_OK
+    } else {
+        EXIT_FAILED
+    })
+}
+
+fn or_dash<T: std::fmt::Display>(value: Option<T>) -> String {
+    value.map_or_else(|| "-".to_string(), |v| v.to_string())
+}
+
+/// The human-readable status.
+fn print_status(s: &crate::status::SyncStatus) {
+    println!("tenant: {}", or_dash(s.tenant_id.as_deref()));
+    for (side, up, error) in [
+        ("local", s.local_db_connected, &s.local_db_error),
+        ("remote", s.remote_db_connected, &s.remote_db_error),
+    ] {
+        match (up, error) {
+            (true, None) => println!("{side} database: connected"),
+            (true, Some(e)) => println!("{side} database: connected ({e})"),
+            (false, e) => println!("{side} database: UNREACHABLE: {}", or_dash(e.as_deref())),
         }
+    }
+    match &s.running {
+        Some(running) => println!(
+            "running: {} since {}",
+            running.kind,
+            running.since.to_rfc3339()
+        ),
+        None => println!("running: no"),
+    }
+    println!(
+        "upload queue: {} readings, oldest {}, {} quarantined; {} uploaded in the kept sync_logs",
+        or_dash(s.queue_size),
+        s.oldest_unsent_age_seconds
+            .map_or("-".to_string(), |a| format!("{a:.0} s old")),
+        or_dash(s.quarantined_count),
+        or_dash(s.total_records_synced)
+    );
+    println!(
+        "meters: {} active locally, {} on the remote; tenants: {} locally, {} on the remote",
+        or_dash(s.local_meter_count),
+        or_dash(s.remote_meter_count),
+        or_dash(s.local_tenant_count),
+        or_dash(s.remote_tenant_count)
+    );
+    match (s.last_sync_time, s.last_sync_success) {
+        (Some(at), Some(ok)) => println!(
+            "last sync: {} at {}{}",
+            if ok { "ok" } else { "FAILED" },
+            at.to_rfc3339(),
+            s.last_sync_error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        ),
+        _ => println!("last sync: never"),
+    }
+    for run in s.last_upload.iter().chain(&s.last_download) {
+        println!(
+            "  {:<22} {:<6} at {} ({} ms) +{} ~{} -{}{}",
+            match &run.entity {
+                Some(e) => format!("download {e}"),
+                None => "upload".to_string(),
+            },
+            if run.success { "ok" } else { "FAILED" },
+            run.timestamp.to_rfc3339(),
+            run.duration_ms.unwrap_or(0),
+            run.inserted,
+            run.updated,
+            run.deleted,
+            run.error_message
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        );
+    }
+}
+
+async fn once(config: Config, profile: Profile, json: bool) -> ExitCode {
+    let service = match crate::service::Service::new(config, profile) {
+        Ok(service) => service,
+        Err(e) => return usage_error(e),
+    };
+    let handle = match service.trigger(RunKind::Cycle, Trigger::Cli).await {
+        Ok(handle) => handle,
         Err(e) => {
-            eprintln!("meter-sync: status: {}", chain(&e));
-            ExitCode::from(EXIT_FAILED)
+            eprintln!("meter-sync: {e}");
+            return ExitCode::from(EXIT_FAILED);
         }
+    };
+    let result = handle.wait().await;
+    service.shutdown(std::time::Duration::ZERO).await;
+    let Some(result) = result else {
+        eprintln!("meter-sync: the run was cut short");
+        return ExitCode::from(EXIT_FAILED);
+    };
+    if json {
+        println!("{:#}", serde_json::to_value(&*result).unwrap_or_default());
+    } else {
+        if let Some(upload) = &result.upload {
+            print_upload(upload);
+        }
+        if let Some(download) = &result.download {
+            print_download(download);
+        }
+        println!(
+            "cycle: {} in {} ms",
+            if result.success { "ok" } else { "FAILED" },
+            result.total_duration_ms
+        );
     }
+    ExitCode::from(if result.success { EXIT_OK } else { EXIT_FAILED })
 }
 
 async fn quarantine(config: &Config, profile: &Profile, action: QuarantineAction) -> ExitCode {
@@ -581,5 +655,31 @@ async fn quarantine(config: &Config, profile: &Profile, action: QuarantineAction
             eprintln!("meter-sync: {}", chain(&e));
             ExitCode::from(EXIT_FAILED)
         }
+    }
+}
+
+/// The human-readable upload report.
+pub fn print_upload(report: &upload::UploadReport) {
+    let verdict = if report.success() { "ok" } else { "FAILED" };
+    println!(
+        "upload: {verdict} in {} ms: {} uploaded, {} already on the remote, {} removed locally, {} refused ({} quarantined), {} batches",
+        report.duration_ms, report.uploaded, report.deduplicated, report.removed, report.rejected_count, report.quarantined, report.batches
+    );
+    if let (Some(before), Some(after)) = (report.queue_before, report.queue_after) {
+        println!(
+            "queue: {} before, {} after; {} quarantined",
+            before.size, after.size, after.quarantined
+        );
+    }
+    for r in &report.rejected {
+        println!(
+            "refused reading {}: {}{}",
+            r.id,
+            r.error,
+            if r.quarantined { " (quarantined)" } else { "" }
+        );
+    }
+    if let Some(error) = &report.error {
+        println!("error: {error}");
     }
 }

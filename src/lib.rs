@@ -3,16 +3,22 @@
 //! Readings move up (store-and-forward), configuration tables are mirrored down. See
 //! `DESIGN.md`-derived architecture notes in the README; each module's header says what it owns.
 
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod cron;
+pub mod cycle;
 pub mod download;
 pub mod fixture;
+pub mod http;
 pub mod logging;
+pub mod metrics;
 pub mod pg;
 pub mod pgcluster;
 pub mod profile;
+pub mod runlock;
 pub mod schema;
+pub mod service;
 pub mod sql;
 pub mod status;
 pub mod synclog;

@@ -34,10 +34,19 @@ pub struct LogGuard {
 /// Installs the global subscriber. `level` is a level or filter directive; `file` adds a
 /// daily-rotated file. Safe to call once per process; a second call is ignored.
 pub fn init(level: &str, format: LogFormat, file: Option<&Path>) -> Result<LogGuard, LoggingError> {
-    let filter = || EnvFilter::try_new(level).map_err(|_| LoggingError::Filter(level.to_string()));
+    // Server NOTICEs ("table ... does not exist, skipping") are the driver's info lines: noise
+    // for an operator, kept unless LOG_LEVEL names the driver itself.
+    let directives = if level.contains("tokio_postgres") {
+        level.to_string()
+    } else {
+        format!("{level},tokio_postgres=warn")
+    };
+    let filter =
+        || EnvFilter::try_new(&directives).map_err(|_| LoggingError::Filter(level.to_string()));
     let stderr = match format {
         LogFormat::Text => fmt::layer()
             .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_target(false)
             .boxed(),
         LogFormat::Json => fmt::layer().json().with_writer(std::io::stderr).boxed(),

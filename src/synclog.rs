@@ -1,7 +1,10 @@
 //! The local `sync_logs` table: one row per upload run and per downloaded entity per run; the
 //! `meter_sync_log` view shows the meter rows. Read back by status after a restart.
 
+use chrono::{DateTime, Utc};
+use serde::Serialize;
 use tokio_postgres::GenericClient;
+use utoipa::ToSchema;
 
 use crate::pg::PgError;
 
@@ -51,4 +54,71 @@ pub async fn record(client: &impl GenericClient, entries: &[LogEntry]) -> Result
             .map_err(|err| PgError::query("local", "record sync_logs", err))?;
     }
     Ok(())
+}
+
+/// Deletes rows older than `days`; returns how many.
+pub async fn prune(client: &impl GenericClient, days: u32) -> Result<u64, PgError> {
+    let days = i32::try_from(days).unwrap_or(i32::MAX);
+    client
+        .execute(
+            "delete from sync_logs where timestamp < now() - make_interval(days => $1)",
+            &[&days],
+        )
+        .await
+        .map_err(|err| PgError::query("local", "prune sync_logs", err))
+}
+
+/// A `sync_logs` row as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct LogRow {
+    pub id: i64,
+    pub sync_type: String,
+    pub entity: Option<String>,
+    pub success: bool,
+    pub records_processed: i32,
+    pub inserted: i32,
+    pub updated: i32,
+    pub deleted: i32,
+    pub skipped: i32,
+    pub error_message: Option<String>,
+    pub duration_ms: Option<i32>,
+    #[schema(value_type = Option<Object>)]
+    pub details: Option<serde_json::Value>,
+    pub timestamp: DateTime<Utc>,
+}
+
+/// The newest `limit` rows, of one `sync_type` or all.
+pub async fn recent(
+    client: &impl GenericClient,
+    sync_type: Option<&str>,
+    limit: i64,
+) -> Result<Vec<LogRow>, PgError> {
+    let rows = client
+        .query(
+            "select id, sync_type::text, entity::text, success, records_processed, inserted, updated, deleted,
+                    skipped, error_message, duration_ms, details, timestamp
+             from sync_logs where $1::text is null or sync_type = $1
+             order by timestamp desc, id desc limit $2",
+            &[&sync_type, &limit],
+        )
+        .await
+        .map_err(|err| PgError::query("local", "read sync_logs", err))?;
+    Ok(rows
+        .iter()
+        .map(|r| LogRow {
+            id: r.get(0),
+            sync_type: r.get(1),
+            entity: r.get(2),
+            success: r.get(3),
+            records_processed: r.get(4),
+            inserted: r.get(5),
+            updated: r.get(6),
+            deleted: r.get(7),
+            skipped: r.get(8),
+            error_message: r.get(9),
+            duration_ms: r.get(10),
+            details: r.get(11),
+            timestamp: r.get(12),
+        })
+        .collect())
 }

@@ -10,5 +10,7 @@ mod download;
 mod download_props;
 mod fixture;
 mod migrate;
+mod runtime;
+mod service;
 mod upload;
 mod upload_props;

@@ -325,8 +325,11 @@ async fn a_remote_outage_mid_run_loses_nothing_and_the_next_run_completes() {
         let readings = profile.readings.clone().unwrap();
         let config = env.config.clone();
         tokio::spawn(async move {
-            meter_sync::upload::run(&pools, meter_sync::cli::upload_request(&config, &readings))
-                .await
+            meter_sync::upload::run(
+                &pools,
+                meter_sync::cycle::upload_request(&config, &readings),
+            )
+            .await
         })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -393,8 +396,9 @@ async fn upload_status_and_quarantine_commands_work_end_to_end() {
         .await
         .unwrap();
     let status: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(status["queue"]["size"], 0);
-    assert_eq!(status["last_runs"][0]["sync_type"], "upload");
+    assert_eq!(status["queue_size"], 0);
+    assert_eq!(status["last_upload"]["sync_type"], "upload");
+    assert_eq!(status["last_upload"]["inserted"], 30);
     let (code, out) = tokio::task::spawn_blocking(run(&["quarantine", "list"]))
         .await
         .unwrap();

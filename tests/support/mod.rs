@@ -282,7 +282,12 @@ pub async fn rows_text(client: &tokio_postgres::Client, query: &str) -> Vec<Stri
 
 /// A test environment with the default remote fixture and a migrated local database.
 pub async fn default_env(label: &str) -> (TestEnv, Profile) {
-    let env = TestEnv::new(label).await;
+    default_env_with(label, &[]).await
+}
+
+/// [`default_env`] with extra configuration keys.
+pub async fn default_env_with(label: &str, extra: &[(&str, &str)]) -> (TestEnv, Profile) {
+    let env = TestEnv::with_settings(label, extra).await;
     load_remote_fixture(&env.remote, Layout::Default, FixtureSize::default()).await;
     let profile = Profile::builtin_default().unwrap();
     migrate_local(&env.local, &profile).await;
@@ -325,7 +330,7 @@ pub async fn upload(env: &TestEnv, profile: &Profile) -> meter_sync::upload::Upl
     let readings = profile.readings.as_ref().unwrap();
     meter_sync::upload::run(
         &pools(env),
-        meter_sync::cli::upload_request(&env.config, readings),
+        meter_sync::cycle::upload_request(&env.config, readings),
     )
     .await
 }

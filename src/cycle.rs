@@ -1,0 +1,172 @@
+//! One sync run: the upload, then the download of every entity in dependency order. A part
+//! that fails is logged and recorded, and the next part still runs (004 properties 10, 15).
+
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::config::Config;
+use crate::download::{self, DownloadReport, DownloadRequest};
+use crate::pg::{Backoff, Pools};
+use crate::profile::{Profile, ReadingsSpec};
+use crate::runlock::RunKind;
+use crate::upload::{self, UploadReport};
+
+/// The entity names of the meter and tenant tables in the two shipped layouts.
+const METER_ENTITIES: [&str; 2] = ["meter", "meters"];
+const TENANT_ENTITIES: [&str; 2] = ["tenant", "tenants"];
+
+/// The result of one entity's download in the shape of 003's `MeterSyncResult` (also used for
+/// the tenant, as 004's `TenantSyncResult`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct EntitySyncResult {
+    pub success: bool,
+    pub inserted: u64,
+    pub updated: u64,
+    pub deleted: u64,
+    pub error: Option<String>,
+    pub timestamp: DateTime<Utc>,
+}
+
+impl EntitySyncResult {
+    /// The result of the first of `names` the download ran; a run-level failure counts.
+    pub fn from_report(report: &DownloadReport, names: &[&str]) -> Option<Self> {
+        let entity = names.iter().find_map(|n| report.entity(n))?;
+        Some(Self {
+            success: entity.success,
+            inserted: entity.inserted,
+            updated: entity.updated,
+            deleted: entity.deleted,
+            error: entity.error.clone().or_else(|| report.error.clone()),
+            timestamp: report.started_at,
+        })
+    }
+}
+
+/// One run (004's `SyncCycleResult`, snake_case): the parts that ran, with full reports.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct SyncCycleResult {
+    pub kind: RunKind,
+    /// True when every part that ran succeeded.
+    pub success: bool,
+    #[schema(value_type = Option<Object>)]
+    pub upload: Option<UploadReport>,
+    pub meter_download: Option<EntitySyncResult>,
+    pub tenant_download: Option<EntitySyncResult>,
+    /// Every entity's download, in order.
+    #[schema(value_type = Option<Object>)]
+    pub download: Option<DownloadReport>,
+    pub total_duration_ms: u64,
+    pub timestamp: DateTime<Utc>,
+}
+
+impl SyncCycleResult {
+    /// The first error of the parts that ran.
+    pub fn first_error(&self) -> Option<String> {
+        let upload = self
+            .upload
+            .as_ref()
+            .and_then(|u| u.error.as_ref().map(|e| format!("upload: {e}")));
+        upload.or_else(|| {
+            self.download
+                .as_ref()
+                .and_then(|d| d.first_error().map(|e| format!("download: {e}")))
+        })
+    }
+}
+
+/// The upload settings of a configuration.
+pub fn upload_request<'a>(
+    config: &Config,
+    readings: &'a ReadingsSpec,
+) -> upload::UploadRequest<'a> {
+    upload::UploadRequest {
+        readings,
+        batch_size: config.batch_size,
+        max_batches: config.max_batches_per_run,
+        workers: config.upload_workers,
+        connect: Backoff::connection(&config.retry),
+        retry: Backoff::query(&config.retry),
+        max_row_failures: config.max_row_failures,
+        retention_days: config.reading_retention_days,
+    }
+}
+
+/// The download settings of a configuration.
+pub fn download_request<'a>(
+    config: &'a Config,
+    profile: &'a Profile,
+    only: &'a [String],
+    full: bool,
+) -> DownloadRequest<'a> {
+    DownloadRequest {
+        profile,
+        tenant: config.tenant_id.as_ref(),
+        only,
+        backoff: Backoff::connection(&config.retry),
+        full,
+    }
+}
+
+/// Runs the parts of `kind`. Never fails as a whole: every failure is in the result.
+pub async fn run(
+    pools: &Pools,
+    config: &Config,
+    profile: &Profile,
+    kind: RunKind,
+) -> SyncCycleResult {
+    let clock = Instant::now();
+    let timestamp = Utc::now();
+    tracing::info!(kind = ?kind, "sync run started");
+    let upload = match (&profile.readings, kind.uploads()) {
+        (Some(readings), true) => Some(upload::run(pools, upload_request(config, readings)).await),
+        _ => None,
+    };
+    let download = if kind.downloads() {
+        Some(download::run(pools, download_request(config, profile, &[], false)).await)
+    } else {
+        None
+    };
+    let success = upload.as_ref().is_none_or(UploadReport::success)
+        && download.as_ref().is_none_or(DownloadReport::success);
+    let result = SyncCycleResult {
+        kind,
+        success,
+        meter_download: download
+            .as_ref()
+            .and_then(|d| EntitySyncResult::from_report(d, &METER_ENTITIES)),
+        tenant_download: download
+            .as_ref()
+            .and_then(|d| EntitySyncResult::from_report(d, &TENANT_ENTITIES)),
+        upload,
+        download,
+        total_duration_ms: clock.elapsed().as_millis() as u64,
+        timestamp,
+    };
+    match result.first_error() {
+        None => tracing::info!(
+            kind = ?kind,
+            duration_ms = result.total_duration_ms,
+            "sync run finished"
+        ),
+        Some(error) => tracing::warn!(
+            kind = ?kind,
+            duration_ms = result.total_duration_ms,
+            error = %error,
+            "sync run finished with errors"
+        ),
+    }
+    result
+}
+
+/// The meter entity of a profile (`meter`, or `meters` in the 004 layout).
+pub fn meter_entity(profile: &Profile) -> Option<&crate::profile::EntitySpec> {
+    METER_ENTITIES.iter().find_map(|n| profile.entity(n))
+}
+
+/// The tenant entity of a profile.
+pub fn tenant_entity(profile: &Profile) -> Option<&crate::profile::EntitySpec> {
+    TENANT_ENTITIES.iter().find_map(|n| profile.entity(n))
+}
