@@ -14,6 +14,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
+use tower_http::catch_panic::CatchPanicLayer;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 use utoipa_swagger_ui::SwaggerUi;
 
@@ -225,6 +226,7 @@ pub fn router(service: Service) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(CatchPanicLayer::custom(panicked))
         .layer(middleware::from_fn_with_state(service.clone(), authorize))
         .with_state(service)
 }
@@ -255,6 +257,22 @@ async fn authorize(State(service): State<Service>, request: Request, next: Next)
         }
     }
     next.run(request).await
+}
+
+/// A handler that panicked: a JSON 500 without detail (the panic message goes to the log).
+fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)");
+    tracing::error!(panic = %message, "an HTTP handler panicked");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "an internal error occurred; see the service log",
+    )
+    .into_response()
 }
 
 async fn not_found(request: Request) -> ApiError {

@@ -661,3 +661,22 @@ async fn status_case(ops: Vec<Op>) {
     assert_eq!(after.total_records_synced, before.total_records_synced);
     restarted.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test]
+async fn sync_logs_past_their_retention_are_pruned() {
+    let (env, profile) = upload_env("svc_prune", &[("SYNC_LOG_RETENTION_DAYS", "7")]).await;
+    let local = env.local.client().await;
+    local
+        .batch_execute(
+            "insert into sync_logs (sync_type, success, timestamp)
+             select 'upload', true, now() - make_interval(days => d) + interval '1 hour' from generate_series(0, 10) d",
+        )
+        .await
+        .unwrap();
+    let service = Service::new(env.config.clone(), profile).unwrap();
+    // Rows 8, 9 and 10 days old (less an hour) are past 7 days; the 7-day one is not yet.
+    assert_eq!(service.prune_logs().await.unwrap(), 3);
+    assert_eq!(count(&local, "sync_logs").await, 8);
+    assert_eq!(service.prune_logs().await.unwrap(), 0);
+    service.shutdown(Duration::from_secs(1)).await;
+}
