@@ -57,6 +57,9 @@ pub enum Command {
     /// Run the service: the start-up cycle, uploads every SYNC_INTERVAL_SECONDS, downloads on
     /// METER_SYNC_CRON, the HTTP API on API_HOST:API_PORT; stops gracefully on SIGTERM/SIGINT.
     Run,
+    /// Serve the MCP tools over stdio (for an MCP client that starts the server itself):
+    /// nothing but protocol on stdout; logs go to stderr (or LOG_FILE).
+    Mcp,
     /// Run one full cycle (upload, then every download) and exit: 0 when every part
     /// succeeded, 1 otherwise.
     Once {
@@ -186,6 +189,7 @@ pub async fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Run => crate::app::run(&raw, config, profile).await,
         Command::Once { json } => once(config, profile, json).await,
+        Command::Mcp => mcp(config, profile).await,
         Command::Check { json } => check(&raw, &config, &profile, json).await,
         Command::Migrate { json } => migrate(&config, &profile, json).await,
         Command::Download {
@@ -566,6 +570,20 @@ fn print_status(s: &crate::status::SyncStatus) {
                 .map(|e| format!(": {e}"))
                 .unwrap_or_default()
         );
+    }
+}
+
+async fn mcp(config: Config, profile: Profile) -> ExitCode {
+    let service = match crate::service::Service::new(config, profile) {
+        Ok(service) => service,
+        Err(e) => return usage_error(e),
+    };
+    match crate::mcp::serve_stdio(service).await {
+        Ok(()) => ExitCode::from(EXIT_OK),
+        Err(message) => {
+            tracing::error!("{message}");
+            ExitCode::from(EXIT_FAILED)
+        }
     }
 }
 

@@ -223,6 +223,7 @@ pub fn router(service: Service) -> Router {
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .merge(SwaggerUi::new("/docs").url("/api/openapi.json", openapi()))
+        .nest_service("/mcp", crate::mcp::http_service(service.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -329,7 +330,8 @@ fn started(kind: RunKind) -> Response {
     (StatusCode::ACCEPTED, Json(body)).into_response()
 }
 
-fn finished_message(result: &SyncCycleResult) -> String {
+/// The `message` of a finished run.
+pub fn finished_message(result: &SyncCycleResult) -> String {
     match result.first_error() {
         None => format!(
             "{} finished in {} ms",

@@ -12,6 +12,7 @@ pub mod download;
 pub mod fixture;
 pub mod http;
 pub mod logging;
+pub mod mcp;
 pub mod metrics;
 pub mod pg;
 pub mod pgcluster;

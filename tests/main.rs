@@ -9,6 +9,7 @@ mod cluster;
 mod download;
 mod download_props;
 mod fixture;
+mod mcp;
 mod migrate;
 mod runtime;
 mod service;

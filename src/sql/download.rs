@@ -685,6 +685,20 @@ pub fn drop_stage(entity: &EntitySpec) -> String {
     format!("drop table if exists {}", stage_name(entity))
 }
 
+/// Local rows of an entity as JSON objects in key order, `$1` an optional filter on the
+/// `active` column (NULL: all rows), `$2` the row limit.
+pub fn list_rows(entity: &EntitySpec, active: Option<&Ident>) -> String {
+    let filter = match active {
+        Some(column) => format!("where $1::boolean is null or {} = $1", column.quoted()),
+        None => "where $1::boolean is null".to_string(),
+    };
+    format!(
+        "select to_jsonb(t) from {} as t {filter} order by {} limit $2",
+        entity.table.quoted(),
+        super::column_list(entity.key.iter())
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
