@@ -109,7 +109,7 @@ async fn prepare_local(config: &Config, profile: &Profile) -> Result<(), String>
 }
 
 /// Waits for SIGTERM or SIGINT.
-async fn stop_signal() {
+pub async fn stop_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     match signal(SignalKind::terminate()) {
         Ok(mut term) => {

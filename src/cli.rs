@@ -57,6 +57,23 @@ pub enum Command {
     /// Run the service: the start-up cycle, uploads every SYNC_INTERVAL_SECONDS, downloads on
     /// METER_SYNC_CRON, the HTTP API on API_HOST:API_PORT; stops gracefully on SIGTERM/SIGINT.
     Run,
+    /// Try the whole service on throwaway clusters with live data: starts a local and a
+    /// central PostgreSQL cluster (from the installed server binaries), loads sample
+    /// configuration, generates readings, and runs the service with its page on 127.0.0.1.
+    Demo {
+        /// Port of the page, API and /mcp.
+        #[arg(long, default_value_t = 3002)]
+        port: u16,
+        /// Readings generated per second.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+        rate: u32,
+        /// Seconds between scheduled uploads.
+        #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u32).range(1..=86_400))]
+        upload_every: u32,
+        /// Seconds between changes of the central configuration (0: never).
+        #[arg(long, default_value_t = 45)]
+        change_every: u32,
+    },
     /// Serve the MCP tools over stdio (for an MCP client that starts the server itself):
     /// nothing but protocol on stdout; logs go to stderr (or LOG_FILE).
     Mcp,
@@ -174,6 +191,27 @@ pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
 
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> ExitCode {
+    // The demo brings its own databases: it needs no configuration.
+    if let Command::Demo {
+        port,
+        rate,
+        upload_every,
+        change_every,
+    } = cli.command
+    {
+        let level = std::env::var("LOG_LEVEL").unwrap_or_else(|_| "info".into());
+        let _log = match crate::logging::init(&level, crate::config::LogFormat::Text, None) {
+            Ok(guard) => guard,
+            Err(e) => return usage_error(e),
+        };
+        let options = crate::demo::DemoOptions {
+            port,
+            rate,
+            upload_every,
+            change_every,
+        };
+        return crate::demo::run(options).await;
+    }
     let (raw, config, profile) = match load(&cli) {
         Ok(loaded) => loaded,
         Err(code) => return code,
@@ -190,6 +228,8 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Run => crate::app::run(&raw, config, profile).await,
         Command::Once { json } => once(config, profile, json).await,
         Command::Mcp => mcp(config, profile).await,
+        // Handled before the configuration is loaded.
+        Command::Demo { .. } => ExitCode::from(EXIT_USAGE),
         Command::Check { json } => check(&raw, &config, &profile, json).await,
         Command::Migrate { json } => migrate(&config, &profile, json).await,
         Command::Download {
@@ -357,11 +397,18 @@ async fn download(
         Ok(lock) => lock,
         Err(code) => return code,
     };
+    let count = if entities.is_empty() {
+        profile.entities.len()
+    } else {
+        entities.len()
+    };
+    let progress = crate::progress::Progress::download(count);
     let report = download::run(
         &pools,
         cycle::download_request(config, profile, entities, full),
     )
     .await;
+    progress.finish();
     release(lock).await;
     if json {
         let mut value = serde_json::to_value(&report).unwrap_or_default();
@@ -461,7 +508,9 @@ async fn upload(config: &Config, profile: &Profile, json: bool) -> ExitCode {
         Ok(lock) => lock,
         Err(code) => return code,
     };
+    let progress = crate::progress::Progress::upload(&pools, readings).await;
     let report = upload::run(&pools, cycle::upload_request(config, readings)).await;
+    progress.finish();
     release(lock).await;
     if json {
         let mut value = serde_json::to_value(&report).unwrap_or_default();

@@ -171,3 +171,50 @@ pub async fn insert_local_readings(
         .await
         .map_err(|e| PgError::query("local", "generate readings", e))
 }
+
+/// Inserts `count` readings stamped now (a millisecond apart, so none repeats another's
+/// dedupe key) for random active local meters: the demo's live reading generator.
+pub async fn insert_live_readings(client: &impl GenericClient, count: i64) -> Result<u64, PgError> {
+    client
+        .execute(
+            "insert into meter_readings (meter_id, timestamp, value, unit, metadata)
+             select coalesce((select m.id::text from meter m where m.active and i > 0 order by random() limit 1), 'M-' || i),
+                    localtimestamp + i * interval '1 millisecond',
+                    round((random() * 250)::numeric, 3), 'kWh',
+                    jsonb_build_object('source', 'demo', 'quality', case when random() < 0.95 then 'good' else 'estimated' end)
+             from generate_series(1, $1::bigint) i",
+            &[&count],
+        )
+        .await
+        .map_err(|e| PgError::query("local", "generate live readings", e))
+}
+
+/// Changes the remote configuration of tenant 1 a little (the demo's "someone edited the
+/// central database"): renames a meter, and every third call adds one. Returns what it did.
+pub async fn change_remote_config(
+    client: &impl GenericClient,
+    round: u64,
+) -> Result<String, PgError> {
+    let renamed = client
+        .execute(
+            "update meter set name = 'Meter ' || id || ' (renamed ' || to_char(now(), 'HH24:MI:SS') || ')', updated_at = now()
+             where (id, meter_element_id) = (select id, meter_element_id from meter where tenant_id = 1 order by random() limit 1)",
+            &[],
+        )
+        .await
+        .map_err(|e| PgError::query("remote", "rename a meter", e))?;
+    let mut done = format!("renamed {renamed} meter");
+    if round.is_multiple_of(3) {
+        client
+            .execute(
+                "insert into meter (id, meter_element_id, tenant_id, device_id, name, type, active, created_at, updated_at)
+                 select coalesce(max(id), 0) + 1, 1, 1, coalesce(max(id), 0) + 1, 'Meter ' || (coalesce(max(id), 0) + 1) || ' (new)', 'electricity', true, now(), now()
+                 from meter",
+                &[],
+            )
+            .await
+            .map_err(|e| PgError::query("remote", "add a meter", e))?;
+        done.push_str(", added 1 meter");
+    }
+    Ok(done)
+}

@@ -219,6 +219,7 @@ pub fn router(service: Service) -> Router {
         .route("/api/local/meter-sync-status", get(meter_sync_status))
         .route("/api/local/meter-sync-trigger", post(meter_sync_trigger))
         .route("/api/local/sync-logs", get(sync_logs))
+        .route("/", get(page))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
@@ -447,6 +448,24 @@ async fn sync_logs(
     .await
     .map_err(|e| ApiError::database("sync logs", &e))?;
     Ok(Json(LogsResponse { logs }))
+}
+
+/// The Sync Status page: one self-contained file embedded in the binary (no CDN, no internet).
+const PAGE: &str = include_str!("../assets/index.html");
+
+async fn page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:; connect-src 'self'",
+            ),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        PAGE,
+    )
+        .into_response()
 }
 
 /// The process is up.

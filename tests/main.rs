@@ -4,6 +4,7 @@
 
 mod support;
 
+mod browser;
 mod check;
 mod cluster;
 mod download;

@@ -519,3 +519,128 @@ fn the_systemd_unit_runs_the_service_with_its_environment_file_and_enough_stop_t
         "TimeoutStopSec={stop}, SHUTDOWN_GRACE_SECONDS default {grace}"
     );
 }
+
+/// Runs `meter-sync <args>` under a pseudo-terminal (util-linux `script`); its output.
+fn on_a_terminal(args: &str, vars: &[(String, String)]) -> Option<String> {
+    let script = std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .ok()?;
+    if !script.status.success() {
+        return None;
+    }
+    let command = format!("{} {args}", env!("CARGO_BIN_EXE_meter-sync"));
+    let output = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("TERM", "xterm")
+        .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap();
+    Some(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+#[tokio::test]
+async fn a_terminal_gets_a_progress_bar_and_a_pipe_plain_lines() {
+    let (env, _profile) = upload_env("rt_progress", &[]).await;
+    let local = env.local.client().await;
+    insert_local_readings(&local, 20_000, 10, 0).await.unwrap();
+    let vars = env.env(&[
+        ("TENANT_ID", "1"),
+        ("BATCH_SIZE", "200"),
+        ("UPLOAD_WORKERS", "1"),
+    ]);
+    let moved = vars.clone();
+    let Some(terminal) = tokio::task::spawn_blocking(move || on_a_terminal("upload", &moved))
+        .await
+        .unwrap()
+    else {
+        panic!("util-linux `script` is needed for this test");
+    };
+    assert!(terminal.contains("upload ["), "{terminal}");
+    assert!(terminal.contains("/20000 readings"), "{terminal}");
+    assert!(terminal.contains("upload: ok"), "{terminal}");
+    insert_local_readings(&local, 1000, 10, 5000).await.unwrap();
+    let (code, stderr) = wait_exit(spawn(&["upload"], &vars), Duration::from_secs(60)).await;
+    assert_eq!(code, Some(0));
+    assert!(!stderr.contains("upload ["), "{stderr}");
+    assert!(stderr.contains("upload finished"), "{stderr}");
+}
+
+#[tokio::test]
+async fn the_demo_runs_the_whole_service_on_its_own_clusters_and_cleans_up() {
+    let port = free_port().unwrap();
+    let vars = vec![("LOG_LEVEL".to_string(), "warn".to_string())];
+    let mut demo = Proc(Some(
+        Command::new(env!("CARGO_BIN_EXE_meter-sync"))
+            .args([
+                "demo",
+                "--port",
+                &port.to_string(),
+                "--rate",
+                "50",
+                "--upload-every",
+                "1",
+            ])
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(vars)
+            .current_dir(std::env::temp_dir())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    let base = format!("http://127.0.0.1:{port}");
+    let status = wait_status(&base, Duration::from_secs(90), |s| {
+        s["total_records_synced"].as_i64().unwrap_or(0) > 50 && s["local_meter_count"] == 25
+    })
+    .await;
+    assert_eq!(status["tenant_id"], "1");
+    assert_eq!(status["remote_db_connected"], true);
+    let page = reqwest::get(format!("{base}/"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("Sync Status"));
+    kill(Pid::from_raw(demo.id() as i32), Signal::SIGINT).unwrap();
+    let started = std::time::Instant::now();
+    let exit = loop {
+        if let Some(status) = demo.try_wait() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the demo did not stop"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(exit.code(), Some(0));
+    let mut out = String::new();
+    use std::io::Read;
+    demo.take()
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(out.contains(&format!("{base}/mcp")), "{out}");
+    assert!(out.contains("Three things to try"), "{out}");
+    // Its clusters are gone: their ports no longer answer.
+    let ports: Vec<u16> = out
+        .split("port ")
+        .skip(1)
+        .filter_map(|p| p.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .collect();
+    assert_eq!(ports.len(), 2, "{out}");
+    for p in ports {
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", p)).is_err(),
+            "port {p} still open"
+        );
+    }
+}
