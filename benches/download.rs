@@ -101,11 +101,6 @@ async fn empty_local(sites: &Sites<'_>, name: &str) {
     client.batch_execute("vacuum analyze meter").await.unwrap();
 }
 
-fn median(mut times: Vec<Duration>) -> Duration {
-    times.sort();
-    times[times.len() / 2]
-}
-
 fn main() {
     if let Ok(filter) = std::env::var("BENCH_LOG") {
         let _ = tracing_subscriber::fmt()

@@ -134,3 +134,9 @@ pub async fn copy_pipe(
     })
     .await
 }
+
+/// The median of the measurements (the upper one of an even count).
+pub fn median(mut times: Vec<Duration>) -> Duration {
+    times.sort();
+    times[times.len() / 2]
+}

@@ -5,6 +5,7 @@
 //! and two baselines measured between the same clusters in the same run: the raw binary
 //! `COPY ... TO STDOUT | COPY ... FROM STDIN` pipe, and per-row `INSERT`s in 100-row
 //! transactions (the original system's approach; `BENCH_BASELINE_ROWS`, default 20,000 rows).
+//! Every figure is the median of `BENCH_REPEAT` (default 3) interleaved rounds.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -114,7 +115,8 @@ fn main() {
     let rows = env_rows("BENCH_ROWS", 1_000_000);
     let baseline_rows = env_rows("BENCH_BASELINE_ROWS", 20_000).min(rows);
     // UPLOAD_WORKERS for the measured runs (the service default unless BENCH_WORKERS says).
-    let workers = std::env::var("BENCH_WORKERS").unwrap_or_else(|_| "4".into());
+    let workers = std::env::var("BENCH_WORKERS").unwrap_or_else(|_| "auto".into());
+    let repeat = env_rows("BENCH_REPEAT", 3).max(1) as usize;
     let (local, remote) = clusters();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -131,48 +133,67 @@ fn main() {
         let version: String = site.query_one("show server_version", &[]).await.unwrap().get(0);
         println!("upload benchmark: {rows} readings queued, PostgreSQL {version}, fsync off, remote dedupe by unique index, both clusters and the agent on one 2-core machine");
 
-        refill(&local, rows).await;
-        empty_remote(&remote).await;
-        let (piped, pipe_time) = raw_pipe(&local, &remote).await;
-        assert_eq!(piped as i64, rows);
-        let pipe_rate = rows as f64 / pipe_time.as_secs_f64();
-        println!("raw pipe (COPY TO STDOUT | COPY FROM STDIN, binary): {} ({})", secs(pipe_time), rate(rows, pipe_time));
+        // Rounds interleave every measurement, so a slow moment of the machine touches them all;
+        // the figures are the medians.
+        let mut pipe_times = Vec::new();
+        let mut per_row_times = Vec::new();
+        let mut upload_times: Vec<Vec<Duration>> = vec![Vec::new(), Vec::new()];
+        let mut details: Vec<(u32, u64, f64)> = vec![(0, 0, 0.0); 2];
+        let batches = [(10_000u32, 0.8), (100, 0.3)];
+        for round in 0..repeat {
+            refill(&local, rows).await;
+            empty_remote(&remote).await;
+            let (piped, pipe_time) = raw_pipe(&local, &remote).await;
+            assert_eq!(piped as i64, rows);
+            pipe_times.push(pipe_time);
 
-        refill(&local, baseline_rows).await;
-        empty_remote(&remote).await;
-        let (done, per_row_time) = per_row(&local, &remote).await;
-        assert_eq!(done as i64, baseline_rows);
+            refill(&local, baseline_rows).await;
+            empty_remote(&remote).await;
+            let (done, per_row_time) = per_row(&local, &remote).await;
+            assert_eq!(done as i64, baseline_rows);
+            per_row_times.push(per_row_time);
+
+            for (i, (batch, _)) in batches.iter().enumerate() {
+                refill(&local, rows).await;
+                empty_remote(&remote).await;
+                let config = config(
+                    &local,
+                    "site",
+                    &remote,
+                    "central",
+                    &[("BATCH_SIZE", &batch.to_string()), ("MAX_BATCHES_PER_RUN", "100000000"), ("UPLOAD_WORKERS", &workers)],
+                );
+                let pools = Pools::new(&config).unwrap();
+                reset_peak_rss();
+                let (report, took) = timed(meter_sync::upload::run(&pools, meter_sync::cycle::upload_request(&config, readings))).await;
+                let rss = peak_rss_mib();
+                assert!(report.success(), "{:?}", report.error);
+                assert_eq!(report.uploaded as i64, rows);
+                upload_times[i].push(took);
+                details[i] = (config.upload_workers_for(*batch), report.batches, details[i].2.max(rss));
+            }
+            eprintln!("round {} of {repeat} done", round + 1);
+        }
+        let pipe_time = median(pipe_times);
+        let pipe_rate = rows as f64 / pipe_time.as_secs_f64();
+        println!("raw pipe (COPY TO STDOUT | COPY FROM STDIN, binary): {} ({}), median of {repeat}", secs(pipe_time), rate(rows, pipe_time));
+        let per_row_time = median(per_row_times);
         let per_row_rate = baseline_rows as f64 / per_row_time.as_secs_f64();
         println!(
-            "per-row INSERTs in 100-row transactions ({baseline_rows} readings): {} ({})",
+            "per-row INSERTs in 100-row transactions ({baseline_rows} readings): {} ({}), median of {repeat}",
             secs(per_row_time),
             rate(baseline_rows, per_row_time)
         );
-
-        for (batch, target) in [(10_000u32, 0.8), (100, 0.3)] {
-            refill(&local, rows).await;
-            empty_remote(&remote).await;
-            let config = config(
-                &local,
-                "site",
-                &remote,
-                "central",
-                &[("BATCH_SIZE", &batch.to_string()), ("MAX_BATCHES_PER_RUN", "100000000"), ("UPLOAD_WORKERS", &workers)],
-            );
-            let pools = Pools::new(&config).unwrap();
-            reset_peak_rss();
-            let (report, took) = timed(meter_sync::upload::run(&pools, meter_sync::cycle::upload_request(&config, readings))).await;
-            let rss = peak_rss_mib();
-            assert!(report.success(), "{:?}", report.error);
-            assert_eq!(report.uploaded as i64, rows);
+        for (i, (batch, target)) in batches.iter().enumerate() {
+            let took = median(std::mem::take(&mut upload_times[i]));
+            let (workers, batches, rss) = details[i];
             let upload_rate = rows as f64 / took.as_secs_f64();
             println!(
-                "upload at BATCH_SIZE {batch}, {workers} workers: {} ({}), {:.2}x the raw pipe [target >= {target}x], {:.1}x the per-row baseline [target >= 10x], {} batches, peak RSS {rss:.1} MiB [target <= 64 MiB]",
+                "upload at BATCH_SIZE {batch}, {workers} workers: {} ({}), {:.2}x the raw pipe [target >= {target}x], {:.1}x the per-row baseline [target >= 10x], {batches} batches, peak RSS {rss:.1} MiB [target <= 64 MiB], median of {repeat}",
                 secs(took),
                 rate(rows, took),
                 upload_rate / pipe_rate,
                 upload_rate / per_row_rate,
-                report.batches
             );
         }
     });

@@ -86,7 +86,7 @@ pub fn upload_request<'a>(
         readings,
         batch_size: config.batch_size,
         max_batches: config.max_batches_per_run,
-        workers: config.upload_workers,
+        workers: config.upload_workers_for(config.batch_size),
         connect: Backoff::connection(&config.retry),
         retry: Backoff::query(&config.retry),
         max_row_failures: config.max_row_failures,

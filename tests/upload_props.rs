@@ -187,7 +187,7 @@ fn prop_004_3_a_failing_batch_changes_nothing() {
                 .unwrap();
             let mut config = db.env.config.clone();
             config.batch_size = batch;
-            config.upload_workers = 1;
+            config.upload_workers = Some(1);
             let spec = db.profile.readings.as_ref().unwrap();
             let report = meter_sync::upload::run(&crate::support::pools(&db.env), meter_sync::cycle::upload_request(&config, spec)).await;
             let on_remote = rows_text(&remote, READINGS_MULTISET).await;
@@ -279,7 +279,7 @@ fn prop_004_5_retryable_failures_retry_with_exponential_backoff() {
             let mut config = db.env.config.clone();
             config.retry.max_query_retries = retries;
             // One batch in flight, so the waits add up in sequence.
-            config.upload_workers = 1;
+            config.upload_workers = Some(1);
             let spec = db.profile.readings.as_ref().unwrap();
             let started = Instant::now();
             let report = meter_sync::upload::run(&crate::support::pools(&db.env), meter_sync::cycle::upload_request(&config, spec)).await;

@@ -116,8 +116,8 @@ pub static ALL: &[KeySpec] = &[
     key("BATCH_SIZE", Some("100"), "readings per upload batch"),
     key(
         "UPLOAD_WORKERS",
-        Some("4"),
-        "upload batches in flight at once, each on its own pair of connections (1-32)",
+        Some("auto"),
+        "upload batches in flight at once, each on its own pair of connections (1-32); auto: the core count for BATCH_SIZE >= 1000, twice it below",
     ),
     key(
         "MAX_BATCHES_PER_RUN",

@@ -32,11 +32,33 @@ pub fn claim_batch(readings: &ReadingsSpec) -> String {
 /// the uploaded columns. It takes effect only when the local transaction commits, which
 /// happens after the remote commit.
 pub fn claim_and_remove(readings: &ReadingsSpec) -> String {
+    claim_and_remove_from(readings, false)
+}
+
+/// [`claim_and_remove`] starting past a position in the queue: only readings whose `order_by`
+/// key is greater than `$2, $3, ...` (the key of the worker's previous batch). The claim then
+/// starts in the index where the previous one ended instead of stepping again over the entries
+/// of every reading already removed this run (dead until vacuum), which made a long drain of
+/// small batches slow down as it went.
+pub fn claim_and_remove_after(readings: &ReadingsSpec) -> String {
+    claim_and_remove_from(readings, true)
+}
+
+/// Both claims return the local id, the uploaded columns, then the `order_by` key, in key order.
+fn claim_and_remove_from(readings: &ReadingsSpec, after: bool) -> String {
+    let order = column_list(&readings.order_by);
+    let position = if after {
+        let params: Vec<String> = (0..readings.order_by.len())
+            .map(|i| format!("${}", i + 2))
+            .collect();
+        format!(" and ({order}) > ({})", params.join(", "))
+    } else {
+        String::new()
+    };
     let claim = format!(
-        "select {id} from {table} where {QUEUED} order by {order} limit $1 for update skip locked",
+        "select {id} from {table} where {QUEUED}{position} order by {order} limit $1 for update skip locked",
         id = readings.id_column.quoted(),
         table = readings.table.quoted(),
-        order = column_list(&readings.order_by),
     );
     let action = match readings.after_upload {
         crate::profile::AfterUpload::Delete => format!("delete from {}", readings.table.quoted()),
@@ -45,10 +67,18 @@ pub fn claim_and_remove(readings: &ReadingsSpec) -> String {
             readings.table.quoted()
         ),
     };
+    // The rows come back in key order (by output position: names may repeat), so the last
+    // one carries the batch's highest key.
+    let first_key = 2 + readings.columns.len();
+    let positions: Vec<String> = (0..readings.order_by.len())
+        .map(|i| (first_key + i).to_string())
+        .collect();
     format!(
         // `= any(array(...))`, not `in (...)`: the planner then looks the ids up through the
         // primary key instead of scanning the whole queue for every batch.
-        "{action} where {id} = any(array({claim})) returning {id}, {cols}",
+        "with claimed as ({action} where {id} = any(array({claim})) returning {id}, {cols}, {order})
+         select * from claimed order by {}",
+        positions.join(", "),
         id = readings.id_column.quoted(),
         cols = uploaded(readings),
     )

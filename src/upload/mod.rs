@@ -43,6 +43,12 @@ use crate::synclog::{self, LogEntry};
 /// The advisory lock key that keeps two upload runs off one local database (`mtr-upld`).
 const UPLOAD_LOCK: i64 = 0x6d74_722d_7570_6c64;
 
+/// Opens a batch's local transaction. Its commit only removes readings the remote has already
+/// committed: if a crash of the local server lost it, those readings would be resent and the
+/// dedupe would make that a no-op. So it need not wait for its WAL flush (one fsync per batch
+/// instead of two); the remote commit, the durable record, always waits.
+const BEGIN_LOCAL: &str = "begin; set local synchronous_commit = off";
+
 /// Rejected readings kept in a report.
 const REJECTED_LIMIT: usize = 1000;
 
@@ -82,11 +88,17 @@ impl UploadError {
 /// Outcome of one batch.
 #[derive(Debug, Default)]
 struct BatchOutcome {
+    /// The highest `order_by` key of the batch, when the claim returned it: the next claim of
+    /// this worker starts past it.
+    last_key: Option<Key>,
     claimed: u64,
     inserted: u64,
     removed: u64,
     rejected: Vec<RejectedReading>,
 }
+
+/// An `order_by` key, as the claim returned it.
+type Key = Vec<RawValue>;
 
 /// Set-up shared by every batch of a run.
 struct Plan {
@@ -270,6 +282,10 @@ async fn worker(
     shared: &Shared,
 ) -> Result<(), UploadError> {
     let mut session: Option<Session> = None;
+    // Where this worker's next claim starts: past its previous batch. Readings behind it (a
+    // failed batch rolled back, or late arrivals with older keys) are picked up because the
+    // worker only stops after a claim from the head of the queue comes back short.
+    let mut after: Option<Key> = None;
     while !shared.stop.load(Ordering::SeqCst) {
         if shared
             .tickets
@@ -281,13 +297,14 @@ async fn worker(
         let clock = Instant::now();
         let mut attempt = 0;
         let outcome = loop {
-            match batch(pools, request, plan, &mut session).await {
+            match batch(pools, request, plan, &mut session, after.as_ref()).await {
                 Ok(outcome) => break outcome,
                 Err(e) if attempt < request.retry.max_retries && e.is_retryable() => {
                     let delay = request.retry.delay(attempt);
                     tracing::warn!(attempt = attempt + 1, max = request.retry.max_retries, delay_ms = delay.as_millis() as u64, error = %e, "batch failed; retrying");
                     tokio::time::sleep(delay).await;
                     attempt += 1;
+                    after = None;
                 }
                 Err(e) => {
                     shared.stop.store(true, Ordering::SeqCst);
@@ -295,17 +312,32 @@ async fn worker(
                 }
             }
         };
-        let Some(outcome) = outcome else { break };
+        let from_head = after.is_none();
+        let Some(mut outcome) = outcome else {
+            if from_head {
+                break;
+            }
+            // Nothing past the position: look from the head once more (the empty claim does
+            // not count against the batch budget).
+            shared.tickets.fetch_add(1, Ordering::SeqCst);
+            after = None;
+            continue;
+        };
         let short = outcome.claimed < u64::from(request.batch_size);
+        after = outcome.last_key.take();
         shared
             .tally
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .add(outcome, clock.elapsed());
         if short {
-            // The queue looked empty to this worker; the others finish on their own short
-            // batch, so readings a failing batch returns to the queue are still picked up.
-            break;
+            if from_head {
+                // The queue looked empty to this worker; the others finish on their own short
+                // claim from the head, so readings a failing batch returns to the queue are
+                // still picked up.
+                break;
+            }
+            after = None;
         }
     }
     Ok(())
@@ -359,6 +391,7 @@ struct Session {
     remote: Option<deadpool_postgres::Object>,
     claim: Statement,
     claim_and_remove: Statement,
+    claim_and_remove_after: Statement,
     remove: Statement,
     insert_all: Statement,
     /// Types of the claim's columns: the local id, then the uploaded columns (also the
@@ -387,6 +420,10 @@ impl Session {
             .prepare(&sql::claim_and_remove(readings))
             .await
             .map_err(on_local("prepare the claim"))?;
+        let claim_and_remove_after = local
+            .prepare(&sql::claim_and_remove_after(readings))
+            .await
+            .map_err(on_local("prepare the claim"))?;
         let remove = match readings.after_upload {
             AfterUpload::Delete => sql::delete_uploaded(readings),
             AfterUpload::Mark => sql::mark_uploaded(readings),
@@ -409,6 +446,7 @@ impl Session {
             remote: Some(remote),
             claim,
             claim_and_remove,
+            claim_and_remove_after,
             remove,
             insert_all,
             types,
@@ -431,6 +469,7 @@ async fn batch(
     request: UploadRequest<'_>,
     plan: &Plan,
     session: &mut Option<Session>,
+    after: Option<&Key>,
 ) -> Result<Option<BatchOutcome>, UploadError> {
     if session
         .as_ref()
@@ -442,7 +481,7 @@ async fn batch(
         return Ok(None);
     };
     let result = match (&open.local, &open.remote) {
-        (Some(local), Some(remote)) => batch_on(local, remote, open, request, plan).await,
+        (Some(local), Some(remote)) => batch_on(local, remote, open, request, plan, after).await,
         _ => Ok(None),
     };
     if result.is_err() {
@@ -460,14 +499,15 @@ async fn batch_on(
     session: &Session,
     request: UploadRequest<'_>,
     plan: &Plan,
+    after: Option<&Key>,
 ) -> Result<Option<BatchOutcome>, UploadError> {
     if plan.conflict_target.is_some() {
-        match direct_batch(local, remote, session, request).await? {
+        match direct_batch(local, remote, session, request, after).await? {
             Direct::Done(outcome) => return Ok(outcome),
             Direct::Refused => {}
         }
     }
-    staged_batch(local, remote, session, request, plan).await
+    staged_batch(local, remote, session, request, plan, after).await
 }
 
 /// Outcome of the direct path.
@@ -479,7 +519,8 @@ enum Direct {
 }
 
 /// Direct path, when a unique index guards the dedupe key: COPY the batch straight into the
-/// remote readings table, which inserts many rows at a time. A batch holding a reading the
+/// remote readings table, which inserts many rows at a time, as one autocommitted statement
+/// (its completion is the remote commit: one round trip fewer than begin ... commit). A batch holding a reading the
 /// remote already has (a resend after a fault) violates the index and fails whole; it then
 /// goes through the stage, where `ON CONFLICT DO NOTHING` skips those readings.
 async fn direct_batch(
@@ -487,33 +528,27 @@ async fn direct_batch(
     remote: &tokio_postgres::Client,
     session: &Session,
     request: UploadRequest<'_>,
+    after: Option<&Key>,
 ) -> Result<Direct, UploadError> {
-    let limit = i64::from(request.batch_size);
     let mut steps = Steps::new("upload", request.readings.table.bare());
     let (begin, rows) = tokio::join!(
-        local.batch_execute("begin"),
-        local.query_raw(&session.claim_and_remove, [&limit as &(dyn ToSql + Sync)])
+        local.batch_execute(BEGIN_LOCAL),
+        claim_and_remove(local, session, request, after)
     );
     begin.map_err(on_local("begin the batch"))?;
     let rows = rows.map_err(on_local("claim queued readings"))?;
     let sent = send(remote, session, rows, request.readings, Destination::Table).await;
     steps.done("claim and copy");
     match sent {
-        Ok(ids) if ids.is_empty() => {
-            let (l, r) = tokio::join!(
-                local.batch_execute("commit"),
-                remote.batch_execute("commit")
-            );
-            l.map_err(on_local("end the batch"))?;
-            r.map_err(on_remote("end the batch"))?;
-            Ok(Direct::Done(None))
-        }
-        Ok(ids) => {
-            remote
+        Ok((ids, _)) if ids.is_empty() => {
+            local
                 .batch_execute("commit")
                 .await
-                .map_err(on_remote("commit the batch"))?;
-            steps.done("remote commit");
+                .map_err(on_local("end the batch"))?;
+            Ok(Direct::Done(None))
+        }
+        Ok((ids, last_key)) => {
+            // The COPY ran as a statement of its own: its completion was the remote commit.
             // The remote has the readings now; a fault from here on only causes a resend.
             local
                 .batch_execute("commit")
@@ -522,6 +557,7 @@ async fn direct_batch(
             steps.done("local commit");
             let n = ids.len() as u64;
             Ok(Direct::Done(Some(BatchOutcome {
+                last_key,
                 claimed: n,
                 inserted: n,
                 removed: n,
@@ -533,12 +569,11 @@ async fn direct_batch(
                 && e.code()
                     .is_some_and(|c| c.code().starts_with("23") || c.code().starts_with("22")) =>
         {
-            let (l, r) = tokio::join!(
-                local.batch_execute("rollback"),
-                remote.batch_execute("rollback")
-            );
-            l.map_err(on_local("roll back the batch"))?;
-            r.map_err(on_remote("roll back the batch"))?;
+            // The failed COPY rolled itself back on the remote.
+            local
+                .batch_execute("rollback")
+                .await
+                .map_err(on_local("roll back the batch"))?;
             tracing::debug!(error = %e, "direct copy refused; going through the stage");
             Ok(Direct::Refused)
         }
@@ -556,16 +591,16 @@ async fn staged_batch(
     session: &Session,
     request: UploadRequest<'_>,
     plan: &Plan,
+    after: Option<&Key>,
 ) -> Result<Option<BatchOutcome>, UploadError> {
-    let limit = i64::from(request.batch_size);
     let mut steps = Steps::new("upload", request.readings.table.bare());
     let (begin, rows) = tokio::join!(
-        local.batch_execute("begin"),
-        local.query_raw(&session.claim_and_remove, [&limit as &(dyn ToSql + Sync)])
+        local.batch_execute(BEGIN_LOCAL),
+        claim_and_remove(local, session, request, after)
     );
     begin.map_err(on_local("begin the batch"))?;
     let rows = rows.map_err(on_local("claim queued readings"))?;
-    let ids = send(remote, session, rows, request.readings, Destination::Stage).await?;
+    let (ids, last_key) = send(remote, session, rows, request.readings, Destination::Stage).await?;
     steps.done("claim and send");
     if ids.is_empty() {
         let (l, r) = tokio::join!(
@@ -591,6 +626,7 @@ async fn staged_batch(
                 .map_err(on_local("commit the batch"))?;
             steps.done("local commit");
             Ok(Some(BatchOutcome {
+                last_key,
                 claimed: ids.len() as u64,
                 inserted,
                 removed: ids.len() as u64,
@@ -623,12 +659,12 @@ async fn careful_batch(
     let readings = request.readings;
     let limit = i64::from(request.batch_size);
     let (begin, rows) = tokio::join!(
-        local.batch_execute("begin"),
+        local.batch_execute(BEGIN_LOCAL),
         local.query_raw(&session.claim, [&limit as &(dyn ToSql + Sync)])
     );
     begin.map_err(on_local("begin the batch"))?;
     let rows = rows.map_err(on_local("claim queued readings"))?;
-    let ids = send(remote, session, rows, readings, Destination::Stage).await?;
+    let (ids, _) = send(remote, session, rows, readings, Destination::Stage).await?;
     let insert = sql::insert_new_readings(readings, plan.conflict_target.as_deref(), true);
     let (inserted, refused) = bisect(remote, &insert, ids.clone()).await?;
     remote
@@ -662,6 +698,7 @@ async fn careful_batch(
     let removed = removed.map_err(on_local("remove uploaded readings"))?;
     commit.map_err(on_local("commit the batch"))?;
     Ok(Some(BatchOutcome {
+        last_key: None,
         claimed: ids.len() as u64,
         inserted,
         removed,
@@ -669,8 +706,6 @@ async fn careful_batch(
     }))
 }
 
-/// Begins a remote transaction and streams the claimed rows into the remote stage as they
-/// arrive, values passed through in binary; returns their local ids.
 /// Where `send` writes a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Destination {
@@ -680,27 +715,39 @@ enum Destination {
     Table,
 }
 
+/// Streams the claimed rows to the remote as they arrive (into the stage inside a new remote
+/// transaction, or straight into the table as one autocommitted COPY), values passed through
+/// in binary; returns their local ids and the last row's `order_by` key.
 async fn send(
     remote: &tokio_postgres::Client,
     session: &Session,
     rows: tokio_postgres::RowStream,
     readings: &ReadingsSpec,
     destination: Destination,
-) -> Result<Vec<i64>, PgError> {
+) -> Result<(Vec<i64>, Option<Key>), PgError> {
     let (stage, skip) = match destination {
         Destination::Stage => (sql::copy_into_upload_stage(readings), 0),
         Destination::Table => (sql::copy_into_remote_readings(readings), 1),
     };
-    let (begin, sink) = tokio::join!(
-        remote.batch_execute("begin"),
-        remote.copy_in::<_, Bytes>(&stage)
-    );
-    begin.map_err(on_remote("begin the batch"))?;
+    let sink = match destination {
+        // The stage lives in a transaction, committed with the insert that follows.
+        Destination::Stage => {
+            let (begin, sink) = tokio::join!(
+                remote.batch_execute("begin"),
+                remote.copy_in::<_, Bytes>(&stage)
+            );
+            begin.map_err(on_remote("begin the batch"))?;
+            sink
+        }
+        // Straight into the table: the COPY commits by itself.
+        Destination::Table => remote.copy_in::<_, Bytes>(&stage).await,
+    };
     let sink = sink.map_err(on_remote("send the readings"))?;
     let writer = BinaryCopyInWriter::new(sink, &session.types[skip..]);
     let mut writer = pin!(writer);
     let mut rows = pin!(rows);
     let mut ids = Vec::new();
+    let mut last = None;
     while let Some(row) = rows
         .try_next()
         .await
@@ -708,6 +755,10 @@ async fn send(
     {
         ids.push(row.get::<_, i64>(0));
         let values: Vec<RawValue> = (skip..session.types.len()).map(|i| row.get(i)).collect();
+        // The claims that remove return the `order_by` key after the uploaded columns.
+        if row.len() > session.types.len() {
+            last = Some(row);
+        }
         let refs: Vec<&(dyn ToSql + Sync)> =
             values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
         writer
@@ -721,7 +772,32 @@ async fn send(
         .finish()
         .await
         .map_err(on_remote("send the readings"))?;
-    Ok(ids)
+    let key = last.map(|row| {
+        (session.types.len()..row.len())
+            .map(|i| row.get::<_, RawValue>(i))
+            .collect()
+    });
+    Ok((ids, key))
+}
+
+/// Claims and removes one batch, from the head of the queue or past `after`.
+async fn claim_and_remove(
+    local: &tokio_postgres::Client,
+    session: &Session,
+    request: UploadRequest<'_>,
+    after: Option<&Key>,
+) -> Result<tokio_postgres::RowStream, tokio_postgres::Error> {
+    let limit = i64::from(request.batch_size);
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&limit];
+    match after {
+        Some(key) => {
+            params.extend(key.iter().map(|v| v as &(dyn ToSql + Sync)));
+            local
+                .query_raw(&session.claim_and_remove_after, params)
+                .await
+        }
+        None => local.query_raw(&session.claim_and_remove, params).await,
+    }
 }
 
 /// Whether the remote refused the data itself (classes 22 data exception, 23 integrity
