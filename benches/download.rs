@@ -65,6 +65,10 @@ async fn mirror(pools: &Pools, profile: &Profile) -> (download::DownloadReport, 
                 base: Duration::ZERO,
             },
             full: false,
+            guard: meter_sync::config::DeleteGuard {
+                max_fraction: 1.0,
+                allowed: true,
+            },
         },
     ))
     .await;

@@ -94,6 +94,10 @@ pub enum Command {
         /// mirrored rows, at the cost of transferring every row.
         #[arg(long)]
         full: bool,
+        /// Apply even when an entity would lose more than MAX_DELETE_FRACTION of its rows (a
+        /// remote table emptied on purpose); same as ALLOW_MASS_DELETE=true for this run.
+        #[arg(long)]
+        allow_mass_delete: bool,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -235,8 +239,13 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Download {
             entities,
             full,
+            allow_mass_delete,
             json,
-        } => download(&config, &profile, &entities, full, json).await,
+        } => {
+            let mut config = config;
+            config.delete_guard.allowed |= allow_mass_delete;
+            download(&config, &profile, &entities, full, json).await
+        }
         Command::Upload { json } => upload(&config, &profile, json).await,
         Command::Status { json } => status(&config, &profile, json).await,
         Command::Quarantine { action } => quarantine(&config, &profile, action).await,

@@ -107,6 +107,7 @@ pub fn download_request<'a>(
         only,
         backoff: Backoff::connection(&config.retry),
         full,
+        guard: config.delete_guard,
     }
 }
 

@@ -521,3 +521,82 @@ async fn cold_load_rebuilds_the_primary_key_and_keeps_one_a_foreign_key_needs() 
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_remote_table_emptied_by_mistake_does_not_empty_the_site() {
+    let (env, profile) = crate::support::default_env("dl_mass_delete").await;
+    let first = crate::support::download(&env, &profile, Some("1"), &[]).await;
+    assert!(first.success(), "{:?}", first.first_error());
+    let local = env.local.client().await;
+    let remote = env.remote.client().await;
+    let registers_before = crate::support::count(&local, "register").await;
+    assert!(registers_before > 0);
+    // Someone empties the central register table and deletes most meters of the tenant.
+    remote
+        .batch_execute(
+            "delete from register;
+             delete from meter where tenant_id = 1 and id > (select min(id) + 4 from meter where tenant_id = 1)",
+        )
+        .await
+        .unwrap();
+    let report = crate::support::download(&env, &profile, Some("1"), &[]).await;
+    assert!(!report.success());
+    let meter = report.entity("meter").unwrap();
+    let error = meter.error.as_deref().unwrap();
+    assert!(
+        error.starts_with("refusing to deactivate 20 of the 25 local rows of meter (80%, more than MAX_DELETE_FRACTION=0.5"),
+        "{error}"
+    );
+    assert!(
+        error.contains("--allow-mass-delete") && error.contains("ALLOW_MASS_DELETE=true"),
+        "{error}"
+    );
+    // Ten rows is not "more than 10": a small table may still lose every row.
+    let register = report.entity("register").unwrap();
+    assert!(register.success, "{:?}", register.error);
+    assert_eq!(register.deleted, registers_before as u64);
+    // Nothing of the refused entity changed.
+    let active = || async {
+        local
+            .query_one("select count(*) from meter where active", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    assert_eq!(active().await, 25);
+    // Allowed on purpose, from the command line: applied.
+    let vars = env.env(&[("TENANT_ID", "1")]);
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_meter-sync"))
+            .args(["download", "--entity", "meter", "--allow-mass-delete"])
+            .env_clear()
+            .envs(vars)
+            .current_dir(std::env::temp_dir())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    assert_eq!(active().await, 5);
+}
+
+#[tokio::test]
+async fn a_tenant_the_remote_does_not_know_is_refused_before_any_write() {
+    let (env, profile) = crate::support::default_env("dl_unknown_tenant").await;
+    let report = crate::support::download(&env, &profile, Some("424242"), &[]).await;
+    assert!(!report.success());
+    assert_eq!(
+        report.error.as_deref(),
+        Some("tenant 424242 is unknown to the remote database (no row in its table tenant); check TENANT_ID. Nothing was changed")
+    );
+    let local = env.local.client().await;
+    for table in ["tenant", "meter", "register", "device_register"] {
+        assert_eq!(crate::support::count(&local, table).await, 0, "{table}");
+    }
+}

@@ -97,7 +97,16 @@ fn side(local: bool) -> impl Strategy<Value = Side> {
     let tenants = if local {
         prop::collection::btree_map(Just(1i64), (text(), json_value()), 0..=1).boxed()
     } else {
-        prop::collection::btree_map(1i64..=2, (text(), json_value()), 0..=2).boxed()
+        // The site's tenant is always known centrally (an unknown one is refused before any
+        // write; its own test covers that).
+        prop::collection::btree_map(1i64..=2, (text(), json_value()), 0..=2)
+            .prop_map(|mut tenants| {
+                tenants
+                    .entry(1)
+                    .or_insert_with(|| ("Site".to_string(), None));
+                tenants
+            })
+            .boxed()
     };
     (
         tenants,
@@ -134,7 +143,9 @@ impl PropDb {
             .build()
             .unwrap();
         let (env, profile) = rt.block_on(async {
-            let env = TestEnv::new(label).await;
+            // Random remote states delete freely: the deletion semantics are under test here;
+            // the mass-delete guard has tests of its own.
+            let env = TestEnv::with_settings(label, &[("ALLOW_MASS_DELETE", "true")]).await;
             load_remote_fixture(&env.remote, layout, FixtureSize::default()).await;
             let profile = match layout {
                 Layout::Default => Profile::builtin_default().unwrap(),
@@ -517,12 +528,21 @@ fn process_side(local: bool) -> impl Strategy<Value = (ProcessSide, BTreeMap<Str
         Just(vec!["tenant-1".to_string(), "tenant-2".to_string()]).boxed()
     };
     (
-        tenant_ids.prop_flat_map(|ids| {
+        tenant_ids.prop_flat_map(move |ids| {
             prop::collection::btree_map(
                 prop::sample::select(ids),
                 (text(), json_value(), json_value()),
                 0..=2,
             )
+            .prop_map(move |mut tenants| {
+                // The site's tenant is always known centrally.
+                if !local {
+                    tenants
+                        .entry("tenant-1".to_string())
+                        .or_insert_with(|| ("Site".to_string(), None, None));
+                }
+                tenants
+            })
         }),
         prop::collection::btree_map(
             "M-[0-9]{1,2}",

@@ -188,6 +188,16 @@ pub static ALL: &[KeySpec] = &[
         Some("90"),
         "sync_logs rows older than this are deleted daily",
     ),
+    key(
+        "MAX_DELETE_FRACTION",
+        Some("0.5"),
+        "a download that would delete or deactivate more than this fraction of an entity's local rows (and more than 10) is refused for that entity (0-1)",
+    ),
+    key(
+        "ALLOW_MASS_DELETE",
+        Some("false"),
+        "true: lift the MAX_DELETE_FRACTION guard (set it for one run, like `download --allow-mass-delete`)",
+    ),
 ];
 
 /// The key with this name, case-insensitively (config file and `--set`).

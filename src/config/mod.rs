@@ -191,6 +191,28 @@ pub struct Config {
     pub api_port: u16,
     pub api_token: Option<Secret>,
     pub sync_log_retention_days: u32,
+    /// The mass-delete guard of downloads (`MAX_DELETE_FRACTION`, `ALLOW_MASS_DELETE`).
+    pub delete_guard: DeleteGuard,
+}
+
+/// Refuses a download that would delete or deactivate more than `max_fraction` of an
+/// entity's local rows and more than [`DeleteGuard::MIN_ROWS`] rows, unless `allowed`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DeleteGuard {
+    pub max_fraction: f64,
+    pub allowed: bool,
+}
+
+impl DeleteGuard {
+    /// Removals of at most this many rows are never refused.
+    pub const MIN_ROWS: u64 = 10;
+
+    /// Whether removing `removed` of `before` rows is refused.
+    pub fn refuses(&self, removed: u64, before: u64) -> bool {
+        !self.allowed
+            && removed > Self::MIN_ROWS
+            && (removed as f64) > self.max_fraction * before as f64
+    }
 }
 
 impl Config {
@@ -304,6 +326,22 @@ impl Config {
             (v.chars().count() >= 16).then(|| Secret::new(v))
         });
         let sync_log_retention_days = p.int("SYNC_LOG_RETENTION_DAYS", 1, 36_500) as u32;
+        let max_delete_fraction = p
+            .value(
+                "MAX_DELETE_FRACTION",
+                "a fraction from 0 to 1, such as 0.5",
+                |v| v.parse::<f64>().ok().filter(|f| (0.0..=1.0).contains(f)),
+            )
+            .unwrap_or(0.5);
+        let allow_mass_delete = p
+            .value("ALLOW_MASS_DELETE", "true or false", |v| {
+                match v.to_ascii_lowercase().as_str() {
+                    "true" | "1" | "yes" | "on" => Some(true),
+                    "false" | "0" | "no" | "off" => Some(false),
+                    _ => None,
+                }
+            })
+            .unwrap_or(false);
 
         let (
             Some(local),
@@ -348,6 +386,10 @@ impl Config {
             api_port,
             api_token,
             sync_log_retention_days,
+            delete_guard: DeleteGuard {
+                max_fraction: max_delete_fraction,
+                allowed: allow_mass_delete,
+            },
         })
     }
 

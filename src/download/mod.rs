@@ -46,6 +46,15 @@ pub enum EntityError {
     DuplicateKey { columns: String, values: String },
     #[error("{count} remote row(s) have NULL in key column(s) {key}")]
     NullKey { count: i64, key: String },
+    #[error("refusing to {verb} {removed} of the {before} local rows of {table} ({percent:.0}%, more than MAX_DELETE_FRACTION={max_fraction} and more than 10 rows): the remote may have been emptied by mistake. Nothing of {table} was changed. If this is intended, run `meter-sync download --allow-mass-delete` or set ALLOW_MASS_DELETE=true for one run")]
+    MassDelete {
+        verb: &'static str,
+        removed: u64,
+        before: u64,
+        percent: f64,
+        max_fraction: f64,
+        table: String,
+    },
     #[error(transparent)]
     Database(#[from] PgError),
 }
@@ -55,6 +64,8 @@ pub enum EntityError {
 enum RunError {
     #[error(transparent)]
     Tenant(#[from] TenantError),
+    #[error("tenant {tenant} is unknown to the remote database (no row in its {table}); check TENANT_ID. Nothing was changed")]
+    UnknownTenant { tenant: String, table: String },
     #[error(transparent)]
     Database(#[from] PgError),
 }
@@ -72,6 +83,8 @@ pub struct DownloadRequest<'a> {
     /// Compare every row's values instead of row versions or hashes: also repairs local edits
     /// to mirrored rows, at the cost of transferring every row.
     pub full: bool,
+    /// The mass-delete guard.
+    pub guard: crate::config::DeleteGuard,
 }
 
 /// Runs one download and records it in `sync_logs`. Never panics on bad data: every failure
@@ -139,6 +152,35 @@ async fn run_entities(
     rtx.batch_execute(sql::STABLE_TEXT_SETTINGS)
         .await
         .map_err(|e| PgError::query("remote", "set text settings", e))?;
+    // A tenant the remote does not know would make every entity look emptied: refuse first.
+    // A tenant table that cannot be read is left to fail as an entity of its own (under a
+    // savepoint, so the snapshot stays usable for the others).
+    if let Some(entity) = crate::cycle::tenant_entity(request.profile) {
+        rtx.batch_execute("savepoint meter_sync_tenant_check")
+            .await
+            .map_err(|e| PgError::query("remote", "look up the tenant", e))?;
+        match rtx
+            .query_one(&sql::count_remote_rows(entity, &tenant), &[])
+            .await
+        {
+            Ok(row) if row.get::<_, i64>(0) == 0 => {
+                return Err(RunError::UnknownTenant {
+                    tenant: tenant.to_string(),
+                    table: match &entity.remote {
+                        RemoteSource::Table(table) => format!("table {table}"),
+                        RemoteSource::Query(_) => format!("{} query", entity.name),
+                    },
+                });
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(error = %crate::pg::describe(&e), "tenant lookup failed; the tenant entity will report it");
+                rtx.batch_execute("rollback to savepoint meter_sync_tenant_check")
+                    .await
+                    .map_err(|e| PgError::query("remote", "look up the tenant", e))?;
+            }
+        }
+    }
     ltx.batch_execute(&format!(
         "{}; {}",
         sql::STABLE_TEXT_SETTINGS,
@@ -161,6 +203,7 @@ async fn run_entities(
         let options = EntityOptions {
             record_hash,
             full: request.full,
+            guard: request.guard,
         };
         let outcome =
             sync_entity(&ltx, &rtx, spec, &tenant, &targets, options, entity_report).await;
@@ -262,7 +305,15 @@ async fn sync_entity(
     if options.full {
         let present = stage_every_row(ltx, rtx, entity, &remote_select, targets, report).await?;
         steps.done("stage every row");
-        apply(ltx, entity, Removal::NotIn(present), report, &mut steps).await?;
+        apply(
+            ltx,
+            entity,
+            Removal::NotIn(present),
+            options.guard,
+            report,
+            &mut steps,
+        )
+        .await?;
         return drop_stages(ltx, entity).await;
     }
 
@@ -319,7 +370,7 @@ async fn sync_entity(
     } else {
         "fetch new and changed rows"
     });
-    apply(ltx, entity, removal, report, &mut steps).await?;
+    apply(ltx, entity, removal, options.guard, report, &mut steps).await?;
     drop_stages(ltx, entity).await
 }
 
@@ -330,6 +381,7 @@ struct EntityOptions {
     record_hash: bool,
     /// Compare every row (`download --full`).
     full: bool,
+    guard: crate::config::DeleteGuard,
 }
 
 /// Full strategy: every remote row into the stage; returns the stage as the present set.
@@ -592,6 +644,7 @@ async fn apply(
     ltx: &Transaction<'_>,
     entity: &EntitySpec,
     removal: Removal,
+    guard: crate::config::DeleteGuard,
     report: &mut EntityReport,
     steps: &mut Steps<'_>,
 ) -> Result<(), EntityError> {
@@ -606,6 +659,7 @@ async fn apply(
         })
         .await?;
         steps.done("remove rows gone remotely");
+        check_mass_delete(ltx, entity, guard, report.deleted).await?;
     }
     if let Some(statement) = sql::update_changed(entity) {
         report.updated = for_each_row(ltx, &statement, "update changed rows", |row| {
@@ -630,6 +684,40 @@ async fn apply(
     })
     .await?;
     steps.done("insert new rows");
+    Ok(())
+}
+
+/// The mass-delete guard, after the removal (inside the entity's savepoint, which the refusal
+/// rolls back): the rows there were before are those left plus those removed.
+async fn check_mass_delete(
+    ltx: &Transaction<'_>,
+    entity: &EntitySpec,
+    guard: crate::config::DeleteGuard,
+    removed: u64,
+) -> Result<(), EntityError> {
+    if removed <= crate::config::DeleteGuard::MIN_ROWS || guard.allowed {
+        return Ok(());
+    }
+    let (active, verb) = match &entity.on_missing {
+        crate::profile::OnMissing::Deactivate { column } => (Some(column), "deactivate"),
+        _ => (None, "delete"),
+    };
+    let left: i64 = ltx
+        .query_one(&sql::count_active(&entity.table, active), &[])
+        .await
+        .map_err(on_local("count the rows left"))?
+        .get(0);
+    let before = left.max(0) as u64 + removed;
+    if guard.refuses(removed, before) {
+        return Err(EntityError::MassDelete {
+            verb,
+            removed,
+            before,
+            percent: 100.0 * removed as f64 / before as f64,
+            max_fraction: guard.max_fraction,
+            table: entity.table.to_string(),
+        });
+    }
     Ok(())
 }
 

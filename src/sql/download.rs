@@ -699,6 +699,26 @@ pub fn list_rows(entity: &EntitySpec, active: Option<&Ident>) -> String {
     )
 }
 
+/// The remote rows of an entity for the tenant, counted without naming any other column (so a
+/// renamed column elsewhere in the table does not break the count).
+pub fn count_remote_rows(entity: &EntitySpec, tenant: &TenantId) -> String {
+    match &entity.remote {
+        RemoteSource::Table(table) => match &entity.tenant_column {
+            Some(column) => format!(
+                "select count(*) from {} where {} = {}",
+                table.quoted(),
+                column.quoted(),
+                tenant.literal()
+            ),
+            None => format!("select count(*) from {}", table.quoted()),
+        },
+        RemoteSource::Query(query) => format!(
+            "select count(*) from (\n{}\n) as remote_rows",
+            query.render(tenant)
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -264,6 +264,7 @@ pub async fn download(
             only: &only,
             backoff: meter_sync::pg::Backoff::connection(&env.config.retry),
             full: false,
+            guard: env.config.delete_guard,
         },
     )
     .await
