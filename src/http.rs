@@ -28,8 +28,8 @@ use crate::synclog::LogRow;
 /// Largest `limit` of `/api/local/sync-logs`.
 pub const MAX_LOG_LIMIT: i64 = 1000;
 const DEFAULT_LOG_LIMIT: i64 = 50;
-/// Request bodies larger than this are refused (no route takes a body today).
-const BODY_LIMIT: usize = 64 * 1024;
+/// Request bodies larger than this are refused (only `/mcp` takes a body: JSON-RPC messages).
+const BODY_LIMIT: usize = 1024 * 1024;
 
 /// Refuses to expose the API beyond this machine without a token.
 pub fn check_bind(config: &Config) -> Result<(), String> {
@@ -235,6 +235,20 @@ pub fn router(service: Service) -> Router {
 
 /// With `API_TOKEN` set, every request that can change something needs the bearer token.
 async fn authorize(State(service): State<Service>, request: Request, next: Next) -> Response {
+    // No route takes a body of this size (MCP messages included): refuse it before reading it.
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
+        return ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request bodies are limited to {BODY_LIMIT} bytes"),
+        )
+        .into_response();
+    }
     let safe = matches!(
         *request.method(),
         Method::GET | Method::HEAD | Method::OPTIONS

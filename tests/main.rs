@@ -10,6 +10,7 @@ mod cluster;
 mod download;
 mod download_props;
 mod fixture;
+mod hostile;
 mod mcp;
 mod migrate;
 mod runtime;
