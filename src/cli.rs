@@ -505,6 +505,10 @@ async fn release(lock: Option<RunLock>) {
 }
 
 async fn upload(config: &Config, profile: &Profile, json: bool) -> ExitCode {
+    if !config.upload_enabled {
+        eprintln!("meter-sync: uploads are disabled on this site (UPLOAD_ENABLED=false)");
+        return ExitCode::from(EXIT_USAGE);
+    }
     let readings = match readings(profile) {
         Ok(r) => r,
         Err(code) => return code,

@@ -121,7 +121,7 @@ pub async fn run(
     let clock = Instant::now();
     let timestamp = Utc::now();
     tracing::info!(kind = ?kind, "sync run started");
-    let upload = match (&profile.readings, kind.uploads()) {
+    let upload = match (&profile.readings, kind.uploads() && config.upload_enabled) {
         (Some(readings), true) => Some(upload::run(pools, upload_request(config, readings)).await),
         _ => None,
     };

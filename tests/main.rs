@@ -13,6 +13,7 @@ mod fixture;
 mod hostile;
 mod mcp;
 mod migrate;
+mod privilege;
 mod runtime;
 mod service;
 mod upload;

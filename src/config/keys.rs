@@ -189,6 +189,11 @@ pub static ALL: &[KeySpec] = &[
         "sync_logs rows older than this are deleted daily",
     ),
     key(
+        "UPLOAD_ENABLED",
+        Some("true"),
+        "false: never upload (a download-only site, e.g. with a read-only central role)",
+    ),
+    key(
         "MAX_DELETE_FRACTION",
         Some("0.5"),
         "a download that would delete or deactivate more than this fraction of an entity's local rows (and more than 10) is refused for that entity (0-1)",

@@ -193,6 +193,17 @@ pub struct Config {
     pub sync_log_retention_days: u32,
     /// The mass-delete guard of downloads (`MAX_DELETE_FRACTION`, `ALLOW_MASS_DELETE`).
     pub delete_guard: DeleteGuard,
+    /// `UPLOAD_ENABLED`: false makes a download-only site.
+    pub upload_enabled: bool,
+}
+
+/// A boolean setting: true/false, 1/0, yes/no, on/off.
+fn parse_bool(v: &str) -> Option<bool> {
+    match v.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
+    }
 }
 
 /// Refuses a download that would delete or deactivate more than `max_fraction` of an
@@ -334,14 +345,11 @@ impl Config {
             )
             .unwrap_or(0.5);
         let allow_mass_delete = p
-            .value("ALLOW_MASS_DELETE", "true or false", |v| {
-                match v.to_ascii_lowercase().as_str() {
-                    "true" | "1" | "yes" | "on" => Some(true),
-                    "false" | "0" | "no" | "off" => Some(false),
-                    _ => None,
-                }
-            })
+            .value("ALLOW_MASS_DELETE", "true or false", parse_bool)
             .unwrap_or(false);
+        let upload_enabled = p
+            .value("UPLOAD_ENABLED", "true or false", parse_bool)
+            .unwrap_or(true);
 
         let (
             Some(local),
@@ -390,6 +398,7 @@ impl Config {
                 max_fraction: max_delete_fraction,
                 allowed: allow_mass_delete,
             },
+            upload_enabled,
         })
     }
 
