@@ -321,11 +321,7 @@ async fn the_service_serves_the_tools_over_streamable_http_with_the_token_rule()
     assert_eq!(names, TOOLS.into_iter().collect());
 
     // A trigger during a run is a tool error with the API's message.
-    let blocker = env.remote.client().await;
-    blocker
-        .batch_execute("begin; lock table meter_readings in access exclusive mode")
-        .await
-        .unwrap();
+    let blocker = crate::support::block_remote_readings(&env).await;
     let running = app
         .service
         .trigger(

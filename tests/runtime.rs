@@ -240,11 +240,7 @@ async fn sigterm_during_a_run_lets_it_finish_and_exits_zero() {
     let local = env.local.client().await;
     insert_local_readings(&local, 2000, 5, 0).await.unwrap();
     let original = crate::support::rows_text(&local, READINGS_MULTISET).await;
-    let blocker = env.remote.client().await;
-    blocker
-        .batch_execute("begin; lock table meter_readings in access exclusive mode")
-        .await
-        .unwrap();
+    let blocker = crate::support::block_remote_readings(&env).await;
     let port = free_port().unwrap();
     let vars = env.env(&[
         ("TENANT_ID", "1"),
@@ -288,11 +284,7 @@ async fn past_the_grace_period_the_run_is_cut_short_and_nothing_is_lost() {
     let local = env.local.client().await;
     insert_local_readings(&local, 500, 5, 0).await.unwrap();
     let original = crate::support::rows_text(&local, READINGS_MULTISET).await;
-    let blocker = env.remote.client().await;
-    blocker
-        .batch_execute("begin; lock table meter_readings in access exclusive mode")
-        .await
-        .unwrap();
+    let blocker = crate::support::block_remote_readings(&env).await;
     let port = free_port().unwrap();
     let vars = env.env(&[
         ("TENANT_ID", "1"),

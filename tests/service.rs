@@ -220,16 +220,6 @@ async fn every_route_answers_with_its_shape() {
     app.stop().await;
 }
 
-/// Holds an exclusive lock on the remote readings table, so an upload blocks until released.
-async fn block_remote_readings(env: &TestEnv) -> tokio_postgres::Client {
-    let blocker = env.remote.client().await;
-    blocker
-        .batch_execute("begin; lock table meter_readings in access exclusive mode")
-        .await
-        .unwrap();
-    blocker
-}
-
 async fn wait_until_running(http: &reqwest::Client, base: &str) -> Value {
     for _ in 0..200 {
         let (_, status) = get(http, &format!("{base}/api/local/sync-status")).await;
@@ -248,7 +238,7 @@ async fn a_hundred_concurrent_triggers_start_exactly_one_run() {
     insert_local_readings(&local, 1000, 5, 0).await.unwrap();
     let (app, base) = serve(&env, &profile).await;
     let http = reqwest::Client::new();
-    let blocker = block_remote_readings(&env).await;
+    let blocker = crate::support::block_remote_readings(&env).await;
 
     let tasks: Vec<_> = (0..100)
         .map(|_| {

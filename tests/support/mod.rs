@@ -354,3 +354,13 @@ pub fn check_cases<T: std::fmt::Debug>(
         panic!("{e}");
     }
 }
+
+/// Holds an exclusive lock on the remote readings table, so an upload blocks until released.
+pub async fn block_remote_readings(env: &TestEnv) -> tokio_postgres::Client {
+    let blocker = env.remote.client().await;
+    blocker
+        .batch_execute("begin; lock table meter_readings in access exclusive mode")
+        .await
+        .unwrap();
+    blocker
+}
