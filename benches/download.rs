@@ -69,6 +69,7 @@ async fn mirror(pools: &Pools, profile: &Profile) -> (download::DownloadReport, 
                 max_fraction: 1.0,
                 allowed: true,
             },
+            deadline: None,
         },
     ))
     .await;

@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 
 use crate::config::Config;
 use crate::download::{self, DownloadReport, DownloadRequest};
-use crate::pg::{Backoff, Pools};
+use crate::pg::{Backoff, Deadline, Pools};
 use crate::profile::{Profile, ReadingsSpec};
 use crate::runlock::RunKind;
 use crate::upload::{self, UploadReport};
@@ -91,6 +91,7 @@ pub fn upload_request<'a>(
         retry: Backoff::query(&config.retry),
         max_row_failures: config.max_row_failures,
         retention_days: config.reading_retention_days,
+        deadline: Deadline::from_config(config),
     }
 }
 
@@ -108,6 +109,7 @@ pub fn download_request<'a>(
         backoff: Backoff::connection(&config.retry),
         full,
         guard: config.delete_guard,
+        deadline: Deadline::from_config(config),
     }
 }
 
@@ -121,12 +123,24 @@ pub async fn run(
     let clock = Instant::now();
     let timestamp = Utc::now();
     tracing::info!(kind = ?kind, "sync run started");
+    // One limit for the whole run: the download gets what the upload left of it.
+    let deadline = Deadline::from_config(config);
     let upload = match (&profile.readings, kind.uploads() && config.upload_enabled) {
-        (Some(readings), true) => Some(upload::run(pools, upload_request(config, readings)).await),
+        (Some(readings), true) => {
+            let request = upload::UploadRequest {
+                deadline,
+                ..upload_request(config, readings)
+            };
+            Some(upload::run(pools, request).await)
+        }
         _ => None,
     };
     let download = if kind.downloads() {
-        Some(download::run(pools, download_request(config, profile, &[], false)).await)
+        let request = DownloadRequest {
+            deadline,
+            ..download_request(config, profile, &[], false)
+        };
+        Some(download::run(pools, request).await)
     } else {
         None
     };

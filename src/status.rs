@@ -234,26 +234,45 @@ pub async fn sync_status(
         .and_then(|l| l.tenant.clone())
         .or_else(|| config.tenant_id.clone());
     // Each count on its own: a missing remote table is not a lost connection.
-    let (remote_db_connected, remote_counts, remote_db_error) = match pools.remote().await {
-        Ok(client) => {
-            let mut errors = Vec::new();
-            let mut measure = async |entity: Option<&EntitySpec>| {
-                let (Some(tenant), Some(entity)) = (&tenant, entity) else {
-                    return None;
+    // Bounded: a stalled link must not hang the status (the page asks every few seconds).
+    let limit = config
+        .pool
+        .connection_timeout
+        .max(std::time::Duration::from_secs(1))
+        * 2;
+    let remote = tokio::time::timeout(limit, async {
+        match pools.remote().await {
+            Ok(client) => {
+                let mut errors = Vec::new();
+                let mut measure = async |entity: Option<&EntitySpec>| {
+                    let (Some(tenant), Some(entity)) = (&tenant, entity) else {
+                        return None;
+                    };
+                    count(&**client, "remote", entity, Some(tenant))
+                        .await
+                        .map_err(|e| errors.push(e.to_string()))
+                        .ok()
                 };
-                count(&**client, "remote", entity, Some(tenant))
-                    .await
-                    .map_err(|e| errors.push(e.to_string()))
-                    .ok()
-            };
-            let meters = measure(cycle::meter_entity(profile)).await;
-            let tenants = measure(cycle::tenant_entity(profile)).await;
-            let connected = client.simple_query("select 1").await.is_ok();
-            let error = (!errors.is_empty()).then(|| errors.join("; "));
-            (connected, (meters, tenants), error)
+                let meters = measure(cycle::meter_entity(profile)).await;
+                let tenants = measure(cycle::tenant_entity(profile)).await;
+                let connected = client.simple_query("select 1").await.is_ok();
+                let error = (!errors.is_empty()).then(|| errors.join("; "));
+                (connected, (meters, tenants), error)
+            }
+            Err(e) => (false, (None, None), Some(e.to_string())),
         }
-        Err(e) => (false, (None, None), Some(e.to_string())),
-    };
+    })
+    .await;
+    let (remote_db_connected, remote_counts, remote_db_error) = remote.unwrap_or_else(|_| {
+        (
+            false,
+            (None, None),
+            Some(format!(
+                "remote database did not answer within {} s",
+                limit.as_secs()
+            )),
+        )
+    });
     let running = running.or_else(|| local.as_ref().and_then(|l| l.holder.clone()));
     let runs = local.as_ref().map(|l| l.runs.as_slice()).unwrap_or(&[]);
     let last_upload = runs.iter().find(|r| r.sync_type == "upload").cloned();

@@ -9,6 +9,7 @@ mod check;
 mod cluster;
 mod download;
 mod download_props;
+mod faults;
 mod fixture;
 mod hostile;
 mod mcp;

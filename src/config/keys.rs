@@ -166,6 +166,21 @@ pub static ALL: &[KeySpec] = &[
         "connection attempt timeout",
     ),
     key(
+        "DB_STATEMENT_TIMEOUT_MS",
+        Some("600000"),
+        "statement_timeout (and idle_in_transaction_session_timeout) on both databases; must exceed the longest single statement, such as the largest table's COPY over the link (0: none)",
+    ),
+    key(
+        "DB_KEEPALIVES_IDLE_SECONDS",
+        Some("60"),
+        "TCP keepalives: first probe after this idle time, then every third of it; a peer silent for idle + 4 probes is given up (also the TCP user timeout)",
+    ),
+    key(
+        "RUN_TIMEOUT_SECONDS",
+        Some("3600"),
+        "a run (upload, download or cycle) still going after this is cut short: its transactions roll back, unsent readings stay queued (0: none)",
+    ),
+    key(
         "LOG_LEVEL",
         Some("info"),
         "trace | debug | info | warn | error, or a tracing filter directive",

@@ -155,6 +155,10 @@ pub struct PoolConfig {
     pub max_size: usize,
     pub idle_timeout: Duration,
     pub connection_timeout: Duration,
+    /// `DB_STATEMENT_TIMEOUT_MS`; zero is none.
+    pub statement_timeout: Duration,
+    /// `DB_KEEPALIVES_IDLE_SECONDS`.
+    pub keepalives_idle: Duration,
 }
 
 /// Retry policy: attempt `n` (0-based) waits `base * 2^n` before the next.
@@ -183,6 +187,8 @@ pub struct Config {
     pub max_row_failures: u32,
     pub reading_retention_days: u32,
     pub shutdown_grace: Duration,
+    /// `RUN_TIMEOUT_SECONDS`; `None` is no limit.
+    pub run_timeout: Option<Duration>,
     pub pool: PoolConfig,
     pub log_level: String,
     pub log_file: Option<PathBuf>,
@@ -303,6 +309,16 @@ impl Config {
                 1,
                 600_000,
             )),
+            statement_timeout: Duration::from_millis(p.int(
+                "DB_STATEMENT_TIMEOUT_MS",
+                0,
+                86_400_000,
+            )),
+            keepalives_idle: Duration::from_secs(p.int("DB_KEEPALIVES_IDLE_SECONDS", 1, 7200)),
+        };
+        let run_timeout = match p.int("RUN_TIMEOUT_SECONDS", 0, 604_800) {
+            0 => None,
+            s => Some(Duration::from_secs(s)),
         };
         let log_level = p.value(
             "LOG_LEVEL",
@@ -386,6 +402,7 @@ impl Config {
             max_row_failures,
             reading_retention_days,
             shutdown_grace,
+            run_timeout,
             pool,
             log_level,
             log_file,
@@ -614,6 +631,9 @@ mod tests {
         assert_eq!(config.pool.max_size, 10);
         assert_eq!(config.pool.idle_timeout, Duration::from_millis(30_000));
         assert_eq!(config.pool.connection_timeout, Duration::from_millis(5000));
+        assert_eq!(config.pool.statement_timeout, Duration::from_secs(600));
+        assert_eq!(config.pool.keepalives_idle, Duration::from_secs(60));
+        assert_eq!(config.run_timeout, Some(Duration::from_secs(3600)));
         assert_eq!(config.log_level, "info");
         assert_eq!(config.log_format, LogFormat::Text);
         assert_eq!(config.log_file, None);
@@ -664,6 +684,9 @@ mod tests {
             ("DB_POOL_MAX", "4"),
             ("DB_POOL_IDLE_TIMEOUT_MS", "1000"),
             ("DB_CONNECTION_TIMEOUT_MS", "250"),
+            ("DB_STATEMENT_TIMEOUT_MS", "0"),
+            ("DB_KEEPALIVES_IDLE_SECONDS", "15"),
+            ("RUN_TIMEOUT_SECONDS", "0"),
             ("LOG_LEVEL", "meter_sync=debug,warn"),
             ("LOG_FILE", "/tmp/meter-sync.log"),
             ("LOG_FORMAT", "JSON"),
@@ -697,6 +720,9 @@ mod tests {
         assert_eq!(config.max_batches_per_run, 7);
         assert_eq!(config.upload_workers, Some(3));
         assert_eq!(config.upload_workers_for(100), 3);
+        assert_eq!(config.pool.statement_timeout, Duration::ZERO);
+        assert_eq!(config.pool.keepalives_idle, Duration::from_secs(15));
+        assert_eq!(config.run_timeout, None);
         assert_eq!(config.retry.max_connection_retries, 1);
         assert_eq!(config.retry.max_query_retries, 0);
         assert_eq!(config.retry.base, Duration::from_millis(250));

@@ -27,7 +27,7 @@ pub use tenant::{resolve as resolve_tenant, TenantError};
 
 use crate::cli::chain;
 use crate::logging::Steps;
-use crate::pg::{on_local, on_remote, Backoff, PgError, Pools, RawValue};
+use crate::pg::{on_local, on_remote, Backoff, Deadline, PgError, Pools, RawValue, TimedOut};
 use crate::profile::{EntitySpec, Ident, Profile, RemoteSource, TenantId};
 use crate::sql;
 use crate::synclog::{self, LogEntry};
@@ -68,6 +68,8 @@ enum RunError {
     UnknownTenant { tenant: String, table: String },
     #[error(transparent)]
     Database(#[from] PgError),
+    #[error(transparent)]
+    TimedOut(#[from] TimedOut),
 }
 
 /// What to download.
@@ -85,6 +87,8 @@ pub struct DownloadRequest<'a> {
     pub full: bool,
     /// The mass-delete guard.
     pub guard: crate::config::DeleteGuard,
+    /// When the run is cut short (`RUN_TIMEOUT_SECONDS`); `None`: no limit.
+    pub deadline: Option<Deadline>,
 }
 
 /// Runs one download and records it in `sync_logs`. Never panics on bad data: every failure
@@ -105,7 +109,14 @@ pub async fn run(pools: &Pools, request: DownloadRequest<'_>) -> DownloadReport 
         error: None,
     };
     tracing::info!(entities = selected.len(), "download started");
-    if let Err(e) = run_entities(pools, request, &selected, &mut report).await {
+    let outcome = match request.deadline {
+        Some(deadline) => deadline
+            .bound(run_entities(pools, request, &selected, &mut report))
+            .await
+            .unwrap_or_else(|e| Err(e.into())),
+        None => run_entities(pools, request, &selected, &mut report).await,
+    };
+    if let Err(e) = outcome {
         let message = chain(&e);
         tracing::error!(error = %message, "download failed");
         for entity in &mut report.entities {

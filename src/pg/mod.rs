@@ -174,6 +174,17 @@ pub fn describe(error: &tokio_postgres::Error) -> String {
     text
 }
 
+/// Keepalive probes sent after the idle time before the peer is given up.
+const KEEPALIVE_PROBES: u32 = 4;
+
+/// How long a silent peer is tolerated: the keepalive idle time plus every probe. Also the TCP
+/// user timeout, so data left unacknowledged that long (a cut link mid-write) ends the
+/// connection too.
+pub fn keepalive_give_up(pool: &PoolConfig) -> Duration {
+    let interval = (pool.keepalives_idle / 3).max(Duration::from_secs(1));
+    pool.keepalives_idle + interval * KEEPALIVE_PROBES
+}
+
 /// The driver configuration for one side.
 pub fn driver_config(db: &DbConfig, pool: &PoolConfig) -> tokio_postgres::Config {
     let mut config = tokio_postgres::Config::new();
@@ -185,8 +196,19 @@ pub fn driver_config(db: &DbConfig, pool: &PoolConfig) -> tokio_postgres::Config
         .application_name(APPLICATION_NAME)
         .connect_timeout(pool.connection_timeout)
         .keepalives(true)
-        .keepalives_idle(Duration::from_secs(30))
+        .keepalives_idle(pool.keepalives_idle)
+        .keepalives_interval((pool.keepalives_idle / 3).max(Duration::from_secs(1)))
+        .keepalives_retries(KEEPALIVE_PROBES)
+        .tcp_user_timeout(keepalive_give_up(pool))
         .ssl_mode(tls::driver_mode(db.sslmode));
+    if !pool.statement_timeout.is_zero() {
+        // Server-side bounds: a statement stuck on a lock or a slow plan, and a session left
+        // idle inside a transaction by a client that stalled, are ended by the server.
+        let ms = pool.statement_timeout.as_millis();
+        config.options(format!(
+            "-c statement_timeout={ms} -c idle_in_transaction_session_timeout={ms}"
+        ));
+    }
     if !db.password.is_empty() {
         config.password(db.password.expose());
     }
@@ -230,7 +252,10 @@ pub fn pool(db: &DbConfig, settings: &PoolConfig) -> Result<Pool, PgError> {
         driver_config(db, settings),
         tls::connector(db)?,
         ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
+            // A connection handed back by a run that was cut short (run timeout, shutdown)
+            // may sit on a stalled link: check it with a round trip, bounded by the recycle
+            // timeout, before reuse, so a dead one is replaced instead of hanging the next run.
+            recycling_method: RecyclingMethod::Verified,
         },
     );
     Pool::builder(manager)
@@ -455,5 +480,43 @@ mod tests {
             .await;
         assert!(result.is_err());
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+}
+
+/// The run-level time limit (`RUN_TIMEOUT_SECONDS`): work past it is cut short. Dropping the
+/// work rolls back its open transactions (an unfinished COPY is aborted), so nothing is half
+/// applied; unsent readings stay queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadline {
+    at: tokio::time::Instant,
+    limit: Duration,
+}
+
+/// A run cut short by its [`Deadline`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the run did not finish within RUN_TIMEOUT_SECONDS ({}s) and was cut short; its open transactions were rolled back and unsent readings stay queued", .limit.as_secs())]
+pub struct TimedOut {
+    pub limit: Duration,
+}
+
+impl Deadline {
+    /// `limit` from now.
+    pub fn after(limit: Duration) -> Self {
+        Self {
+            at: tokio::time::Instant::now() + limit,
+            limit,
+        }
+    }
+
+    /// The deadline of `RUN_TIMEOUT_SECONDS` from now, if one is configured.
+    pub fn from_config(config: &Config) -> Option<Self> {
+        config.run_timeout.map(Self::after)
+    }
+
+    /// Runs `work` until the deadline.
+    pub async fn bound<T>(self, work: impl Future<Output = T>) -> Result<T, TimedOut> {
+        tokio::time::timeout_at(self.at, work)
+            .await
+            .map_err(|_| TimedOut { limit: self.limit })
     }
 }

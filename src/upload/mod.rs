@@ -35,7 +35,7 @@ pub use report::{QueueStats, RejectedReading, UploadReport};
 
 use crate::cli::chain;
 use crate::logging::Steps;
-use crate::pg::{on_local, on_remote, Backoff, PgError, Pools, RawValue};
+use crate::pg::{on_local, on_remote, Backoff, Deadline, PgError, Pools, RawValue, TimedOut};
 use crate::profile::{AfterUpload, Ident, ReadingsSpec};
 use crate::sql;
 use crate::synclog::{self, LogEntry};
@@ -66,6 +66,8 @@ pub struct UploadRequest<'a> {
     pub retry: Backoff,
     pub max_row_failures: u32,
     pub retention_days: u32,
+    /// When the run is cut short (`RUN_TIMEOUT_SECONDS`); `None`: no limit.
+    pub deadline: Option<Deadline>,
 }
 
 /// Why a batch or the run stopped.
@@ -77,6 +79,8 @@ pub enum UploadError {
     TypeMismatch(String),
     #[error(transparent)]
     Database(#[from] PgError),
+    #[error(transparent)]
+    TimedOut(#[from] TimedOut),
 }
 
 impl UploadError {
@@ -123,7 +127,14 @@ pub async fn run(pools: &Pools, request: UploadRequest<'_>) -> UploadReport {
         queue_after: None,
         error: None,
     };
-    if let Err(e) = run_batches(pools, request, &mut report).await {
+    let outcome = match request.deadline {
+        Some(deadline) => deadline
+            .bound(run_batches(pools, request, &mut report))
+            .await
+            .unwrap_or_else(|e| Err(e.into())),
+        None => run_batches(pools, request, &mut report).await,
+    };
+    if let Err(e) = outcome {
         let message = chain(&e);
         tracing::error!(error = %message, uploaded = report.uploaded, "upload stopped; the remaining readings stay queued");
         report.error = Some(message);
@@ -153,8 +164,11 @@ async fn run_batches(
     report: &mut UploadReport,
 ) -> Result<(), UploadError> {
     let readings = request.readings;
-    // One run at a time per local database, held on a connection of its own for the run.
-    let guard = pools.local_with_retry(request.connect).await?;
+    // One run at a time per local database, held on a connection of its own for the run,
+    // taken out of the pool: if the run is cut short (RUN_TIMEOUT_SECONDS, shutdown), the
+    // connection closes with it and the session lock is released, instead of going back to
+    // the pool still holding the lock.
+    let guard = deadpool_postgres::Object::take(pools.local_with_retry(request.connect).await?);
     let locked: bool = guard
         .query_one("select pg_try_advisory_lock($1)", &[&UPLOAD_LOCK])
         .await
@@ -385,10 +399,15 @@ async fn plan(pools: &Pools, request: UploadRequest<'_>) -> Result<Plan, UploadE
 }
 
 /// The two connections of a run and its prepared statements. After any error a connection may
-/// be inside a transaction, so the session is discarded, never returned to the pool.
+/// be inside a transaction, so the session is discarded, never returned to the pool. The same
+/// when the run is cut short mid-batch (`RUN_TIMEOUT_SECONDS`, shutdown): the batch future is
+/// dropped with its transactions open, and closing the connections makes both servers roll
+/// them back at once, releasing the claimed readings.
 struct Session {
     local: Option<deadpool_postgres::Object>,
     remote: Option<deadpool_postgres::Object>,
+    /// A batch is under way on these connections (set for its whole length).
+    in_flight: bool,
     claim: Statement,
     claim_and_remove: Statement,
     claim_and_remove_after: Statement,
@@ -444,6 +463,7 @@ impl Session {
         Ok(Self {
             local: Some(local),
             remote: Some(remote),
+            in_flight: false,
             claim,
             claim_and_remove,
             claim_and_remove_after,
@@ -459,6 +479,14 @@ impl Session {
             .flatten()
         {
             drop(deadpool_postgres::Object::take(object));
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if self.in_flight {
+            self.discard();
         }
     }
 }
@@ -480,10 +508,12 @@ async fn batch(
     let Some(open) = session.as_mut() else {
         return Ok(None);
     };
+    open.in_flight = true;
     let result = match (&open.local, &open.remote) {
         (Some(local), Some(remote)) => batch_on(local, remote, open, request, plan, after).await,
         _ => Ok(None),
     };
+    open.in_flight = false;
     if result.is_err() {
         open.discard();
     }

@@ -5,6 +5,8 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod proxy;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
@@ -254,20 +256,40 @@ pub async fn download(
     tenant: Option<&str>,
     only: &[&str],
 ) -> meter_sync::download::DownloadReport {
+    download_with(&env.config, profile, tenant, only).await
+}
+
+/// [`download`] with any configuration.
+pub async fn download_with(
+    config: &Config,
+    profile: &Profile,
+    tenant: Option<&str>,
+    only: &[&str],
+) -> meter_sync::download::DownloadReport {
     let tenant = tenant.map(|t| meter_sync::profile::TenantId::parse(t).unwrap());
     let only: Vec<String> = only.iter().map(|s| s.to_string()).collect();
     meter_sync::download::run(
-        &pools(env),
+        &meter_sync::pg::Pools::new(config).unwrap(),
         meter_sync::download::DownloadRequest {
             profile,
             tenant: tenant.as_ref(),
             only: &only,
-            backoff: meter_sync::pg::Backoff::connection(&env.config.retry),
+            backoff: meter_sync::pg::Backoff::connection(&config.retry),
             full: false,
-            guard: env.config.delete_guard,
+            guard: config.delete_guard,
+            deadline: meter_sync::pg::Deadline::from_config(config),
         },
     )
     .await
+}
+
+/// Loads a configuration from environment pairs (as a child process would get them).
+pub fn config_from(env: Vec<(String, String)>) -> Config {
+    Config::load(&Sources {
+        env,
+        ..Sources::default()
+    })
+    .unwrap()
 }
 
 /// Rows of a query as their text form, in the query's order.
@@ -328,10 +350,15 @@ pub async fn upload_env(label: &str, extra: &[(&str, &str)]) -> (TestEnv, Profil
 
 /// Runs one upload with the environment's configuration.
 pub async fn upload(env: &TestEnv, profile: &Profile) -> meter_sync::upload::UploadReport {
+    upload_with(&env.config, profile).await
+}
+
+/// [`upload`] with any configuration.
+pub async fn upload_with(config: &Config, profile: &Profile) -> meter_sync::upload::UploadReport {
     let readings = profile.readings.as_ref().unwrap();
     meter_sync::upload::run(
-        &pools(env),
-        meter_sync::cycle::upload_request(&env.config, readings),
+        &meter_sync::pg::Pools::new(config).unwrap(),
+        meter_sync::cycle::upload_request(config, readings),
     )
     .await
 }
