@@ -126,22 +126,26 @@ pub fn type_mismatches(
 
 /// The retry rule: SQLSTATE classes 08 (connection), 40 (transaction rollback: serialization,
 /// deadlock), 53 (insufficient resources), 57 (operator intervention: shutdown, cancel), and
-/// errors with no SQLSTATE that come from I/O or a closed connection.
+/// errors with no SQLSTATE that come from I/O or a closed connection. A TLS failure (a
+/// certificate that does not verify) is not retried: it will not fix itself.
 pub fn is_retryable(error: &tokio_postgres::Error) -> bool {
     if let Some(code) = error.code() {
         return matches!(&code.code()[..2], "08" | "40" | "53" | "57");
     }
-    if error.is_closed() {
-        return true;
-    }
+    let mut io = error.is_closed();
     let mut source = std::error::Error::source(error);
     while let Some(e) = source {
-        if e.is::<std::io::Error>() {
-            return true;
+        let tls = e.is::<rustls::Error>()
+            || e.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .is_some_and(|inner| inner.is::<rustls::Error>());
+        if tls {
+            return false;
         }
+        io |= e.is::<std::io::Error>();
         source = e.source();
     }
-    false
+    io
 }
 
 /// A one-line description: the server's message (with the offending key and where it
