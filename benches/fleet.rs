@@ -1,0 +1,279 @@
+//! Fleet load: one central cluster, N site databases (distinct tenants, distinct meters) on one
+//! site cluster, and N agents running full cycles (upload, then every entity's download) at
+//! once. Prints the aggregate readings/s, per-agent rows/s, the single-agent figure for the
+//! same total work measured in the same run, and checks that no reading was lost or doubled.
+//!
+//! The fleet runs twice per round: every agent with `UPLOAD_WORKERS=1` (the setting for sites
+//! sharing a central), and with the default `auto`.
+//!
+//! `cargo bench --bench fleet`; FLEET_AGENTS (20), FLEET_READINGS per agent (25,000),
+//! FLEET_BATCH_SIZE (the service default, 100), BENCH_REPEAT (3, medians).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "support.rs"]
+mod support;
+
+use std::time::Duration;
+
+use meter_sync::cycle::SyncCycleResult;
+use meter_sync::fixture::{FixtureSize, Layout};
+use meter_sync::pg::Pools;
+use meter_sync::pgcluster::{ClusterOptions, PgCluster};
+use meter_sync::profile::Profile;
+use meter_sync::runlock::RunKind;
+
+use support::{
+    config, connect, create_db, env_rows, median, peak_rss_mib, rate, reset_peak_rss, secs, timed,
+};
+
+/// Meters per tenant in the central fixture (each site downloads its own).
+const METERS: i64 = 50;
+
+fn start(label: &str) -> PgCluster {
+    PgCluster::start(&ClusterOptions {
+        label: format!("bench-fleet-{label}"),
+        // Twenty agents with several batches in flight each.
+        settings: vec![("max_connections".into(), "500".into())],
+        ..ClusterOptions::default()
+    })
+    .unwrap_or_else(|e| panic!("cannot start the {label} cluster: {e}"))
+}
+
+/// Queues `rows` readings at site database `db` for meters `{prefix}-M0..19` (no other site
+/// shares the meter ids, so no reading deduplicates against another site's).
+async fn queue(site: &PgCluster, db: &str, prefix: &str, rows: i64) {
+    let client = connect(site, db).await;
+    client
+        .execute(
+            "insert into meter_readings (meter_id, timestamp, value, unit, metadata)
+             select $1 || '-M' || (i % 20), timestamp '2026-01-01' + (i / 20) * interval '1 minute',
+                    round((random() * 1000)::numeric, 3), 'kWh', jsonb_build_object('seq', i)
+             from generate_series(0, $2::bigint - 1) i",
+            &[&prefix, &rows],
+        )
+        .await
+        .unwrap();
+}
+
+/// One agent's cycle with its own pools, as a separate service process would run it.
+async fn agent(
+    site: &PgCluster,
+    db: &str,
+    central: &PgCluster,
+    tenant: i64,
+    batch: &str,
+    workers: &str,
+    profile: &Profile,
+) -> SyncCycleResult {
+    let tenant = tenant.to_string();
+    let config = config(
+        site,
+        db,
+        central,
+        "central",
+        &[
+            ("TENANT_ID", &tenant),
+            ("BATCH_SIZE", batch),
+            ("MAX_BATCHES_PER_RUN", "100000000"),
+            ("UPLOAD_WORKERS", workers),
+        ],
+    );
+    let pools = Pools::new(&config).unwrap();
+    let result = meter_sync::cycle::run(&pools, &config, profile, RunKind::Cycle).await;
+    pools.local.close();
+    pools.remote.close();
+    result
+}
+
+fn uploaded(result: &SyncCycleResult) -> (u64, Duration) {
+    let upload = result.upload.as_ref().unwrap();
+    assert!(result.success, "{:?}", result.first_error());
+    (
+        upload.uploaded,
+        Duration::from_millis(upload.duration_ms.max(1)),
+    )
+}
+
+/// Per prefix: readings on the central and distinct dedupe keys among them.
+async fn central_counts(central: &PgCluster) -> Vec<(String, i64, i64)> {
+    connect(central, "central")
+        .await
+        .query(
+            "select split_part(meter_id, '-', 1), count(*), count(distinct (meter_id, timestamp, unit))
+             from meter_readings group by 1 order by 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}
+
+/// Drops and recreates the site databases `sites` (migrated, empty) and empties the central
+/// readings table.
+async fn fresh_sites(
+    site: &PgCluster,
+    central: &tokio_postgres::Client,
+    sites: std::ops::RangeInclusive<i64>,
+    profile: &Profile,
+) {
+    central
+        .batch_execute("truncate meter_readings")
+        .await
+        .unwrap();
+    let admin = connect(site, "postgres").await;
+    for a in sites {
+        let db = format!("site_{a}");
+        admin
+            .batch_execute(&format!("drop database if exists {db}"))
+            .await
+            .unwrap();
+        create_db(site, &db).await;
+        let mut client = connect(site, &db).await;
+        meter_sync::schema::migrate(&mut client, profile)
+            .await
+            .unwrap();
+    }
+}
+
+/// Nothing lost, nothing doubled: the site's readings are on the central exactly once, its
+/// queue is empty and its meters arrived.
+async fn check(
+    site: &PgCluster,
+    central: &PgCluster,
+    prefix: &str,
+    want: i64,
+    sites: std::ops::RangeInclusive<i64>,
+) {
+    let counts = central_counts(central).await;
+    let found = counts
+        .iter()
+        .find(|(p, _, _)| p == prefix)
+        .map(|(_, rows, distinct)| (*rows, *distinct));
+    assert_eq!(
+        found,
+        Some((want, want)),
+        "site {prefix}: lost or duplicated readings"
+    );
+    for a in sites {
+        let client = connect(site, &format!("site_{a}")).await;
+        let left: i64 = client
+            .query_one("select count(*) from meter_readings", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let meters: i64 = client
+            .query_one("select count(*) from meter", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            (left, meters),
+            (0, METERS),
+            "site_{a}: queue left or meters missing"
+        );
+    }
+}
+
+fn main() {
+    let agents = env_rows("FLEET_AGENTS", 20).max(1);
+    let per_agent = env_rows("FLEET_READINGS", 25_000).max(1);
+    let batch = env_rows("FLEET_BATCH_SIZE", 100).to_string();
+    let repeat = env_rows("BENCH_REPEAT", 3).max(1) as usize;
+    let total = agents * per_agent;
+    let (site, central) = std::thread::scope(|s| {
+        let site = s.spawn(|| start("sites"));
+        let central = s.spawn(|| start("central"));
+        (site.join().unwrap(), central.join().unwrap())
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        create_db(&central, "central").await;
+        let central_client = connect(&central, "central").await;
+        // Tenant agents + 1 is the single agent's.
+        let size = FixtureSize { tenants: agents + 1, meters_per_tenant: METERS, elements_per_meter: 1, registers_per_tenant: 10, registers_per_device: 3 };
+        meter_sync::fixture::load_remote(&central_client, Layout::Default, size).await.unwrap();
+        let profile = Profile::builtin_default().unwrap();
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        println!(
+            "fleet benchmark: {agents} agents x {per_agent} readings (+ each downloads its tenant: {METERS} meters, 10 registers, {} associations), BATCH_SIZE {batch}, one central and one site cluster and every agent on one {cores}-core machine, fsync off",
+            METERS * 3
+        );
+        let fleets = ["1", "auto"];
+        let mut single_times = Vec::new();
+        let mut fleet_times: Vec<Vec<Duration>> = vec![Vec::new(); fleets.len()];
+        let mut details: Vec<(Vec<f64>, Duration, f64)> = vec![(Vec::new(), Duration::ZERO, 0.0); fleets.len()];
+        for round in 0..repeat {
+            // The single agent: the fleet's whole work alone, with the default (peak) workers.
+            fresh_sites(&site, &central_client, 0..=0, &profile).await;
+            queue(&site, "site_0", "B", total).await;
+            let (result, took) = timed(agent(&site, "site_0", &central, agents + 1, &batch, "auto", &profile)).await;
+            let (done, _) = uploaded(&result);
+            assert_eq!(done as i64, total);
+            single_times.push(took);
+            check(&site, &central, "B", total, 0..=0).await;
+
+            for (f, workers) in fleets.iter().enumerate() {
+                fresh_sites(&site, &central_client, 1..=agents, &profile).await;
+                for a in 1..=agents {
+                    queue(&site, &format!("site_{a}"), &format!("S{a}"), per_agent).await;
+                }
+                reset_peak_rss();
+                let (results, took) = timed(async {
+                    let tasks: Vec<_> = (1..=agents)
+                        .map(|a| {
+                            let (site, central, profile, batch) = (&site, &central, &profile, &batch);
+                            async move { agent(site, &format!("site_{a}"), central, a, batch, workers, profile).await }
+                        })
+                        .collect();
+                    futures_util::future::join_all(tasks).await
+                })
+                .await;
+                fleet_times[f].push(took);
+                let (rates, slowest, rss) = &mut details[f];
+                *rss = rss.max(peak_rss_mib());
+                rates.clear();
+                for result in &results {
+                    let (done, upload_took) = uploaded(result);
+                    assert_eq!(done as i64, per_agent);
+                    rates.push(done as f64 / upload_took.as_secs_f64());
+                    let download = result.download.as_ref().unwrap();
+                    *slowest = (*slowest).max(Duration::from_millis(download.duration_ms));
+                }
+                for a in 1..=agents {
+                    check(&site, &central, &format!("S{a}"), per_agent, a..=a).await;
+                }
+            }
+            eprintln!("round {} of {repeat} done", round + 1);
+        }
+        let single = median(single_times);
+        let single_rate = total as f64 / single.as_secs_f64();
+        println!("single agent (UPLOAD_WORKERS auto), {total} readings + download: {} ({}), median of {repeat}", secs(single), rate(total, single));
+        for (f, workers) in fleets.iter().enumerate() {
+            let fleet = median(std::mem::take(&mut fleet_times[f]));
+            let fleet_rate = total as f64 / fleet.as_secs_f64();
+            let (rates, slowest, rss) = &mut details[f];
+            rates.sort_by(f64::total_cmp);
+            let pick = |q: f64| rates[((rates.len() - 1) as f64 * q).round() as usize];
+            println!(
+                "fleet of {agents} agents (UPLOAD_WORKERS {workers}), {per_agent} readings each + download: {} ({} aggregate), {:.2}x the single agent [goal >= 0.7x], median of {repeat}",
+                secs(fleet),
+                rate(total, fleet),
+                fleet_rate / single_rate
+            );
+            println!(
+                "  per-agent upload rows/s (last round): min {:.0}, median {:.0}, max {:.0}; slowest download {}; peak RSS of the {agents} agents {rss:.1} MiB",
+                pick(0.0),
+                pick(0.5),
+                pick(1.0),
+                secs(*slowest)
+            );
+        }
+        println!("lost 0, duplicated 0 (checked per site on the central after every run); every local queue empty, every site has its {METERS} meters");
+    });
+}
