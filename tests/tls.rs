@@ -139,70 +139,57 @@ async fn try_connect(
     Ok(row.get(0))
 }
 
+/// Which CA file the client trusts.
+#[derive(Clone, Copy)]
+enum Trust {
+    Right,
+    Wrong,
+}
+
+/// [`try_connect`] to the TLS cluster.
+async fn to_tls(host: &str, mode: SslMode, trust: Trust) -> Result<bool, String> {
+    let tls = tls();
+    let ca = match trust {
+        Trust::Right => tls.ca(),
+        Trust::Wrong => tls.wrong_ca(),
+    };
+    try_connect(host, tls.cluster.port(), mode, Some(ca)).await
+}
+
 #[tokio::test]
 async fn verify_full_succeeds_with_the_right_ca_and_host_name() {
-    let tls = tls();
-    let encrypted = try_connect(
-        "localhost",
-        tls.cluster.port(),
-        SslMode::VerifyFull,
-        Some(tls.ca()),
-    )
-    .await
-    .unwrap();
-    assert!(encrypted);
+    assert!(to_tls("localhost", SslMode::VerifyFull, Trust::Right)
+        .await
+        .unwrap());
 }
 
 #[tokio::test]
 async fn verify_full_refuses_a_certificate_from_another_ca() {
-    let tls = tls();
-    let error = try_connect(
-        "localhost",
-        tls.cluster.port(),
-        SslMode::VerifyFull,
-        Some(tls.wrong_ca()),
-    )
-    .await
-    .unwrap_err();
+    let error = to_tls("localhost", SslMode::VerifyFull, Trust::Wrong)
+        .await
+        .unwrap_err();
     assert!(
         error.contains("remote database localhost:") && error.contains("UnknownIssuer"),
         "{error}"
     );
     // verify-ca checks the chain too.
-    let error = try_connect(
-        "localhost",
-        tls.cluster.port(),
-        SslMode::VerifyCa,
-        Some(tls.wrong_ca()),
-    )
-    .await
-    .unwrap_err();
+    let error = to_tls("localhost", SslMode::VerifyCa, Trust::Wrong)
+        .await
+        .unwrap_err();
     assert!(error.contains("UnknownIssuer"), "{error}");
 }
 
 #[tokio::test]
 async fn verify_full_refuses_a_host_name_the_certificate_does_not_name() {
-    let tls = tls();
     // The certificate names localhost, not 127.0.0.1.
-    let error = try_connect(
-        "127.0.0.1",
-        tls.cluster.port(),
-        SslMode::VerifyFull,
-        Some(tls.ca()),
-    )
-    .await
-    .unwrap_err();
+    let error = to_tls("127.0.0.1", SslMode::VerifyFull, Trust::Right)
+        .await
+        .unwrap_err();
     assert!(error.contains("certificate not valid for name"), "{error}");
     // verify-ca accepts it: the chain is right, the name is not checked.
-    let encrypted = try_connect(
-        "127.0.0.1",
-        tls.cluster.port(),
-        SslMode::VerifyCa,
-        Some(tls.ca()),
-    )
-    .await
-    .unwrap();
-    assert!(encrypted);
+    assert!(to_tls("127.0.0.1", SslMode::VerifyCa, Trust::Right)
+        .await
+        .unwrap());
 }
 
 #[tokio::test]
