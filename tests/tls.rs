@@ -255,26 +255,22 @@ async fn a_download_runs_over_verified_tls_on_both_sides() {
         ("POSTGRES_CLIENT_SSLMODE", "verify-full"),
         ("POSTGRES_CLIENT_SSLROOTCERT", ca.as_str()),
     ];
-    let config = config_from(
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    );
-    let report = download_with(&config, &profile, Some("1"), &[]).await;
+    let load = |pairs: &[(&str, &str)]| {
+        config_from(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    };
+    let report = download_with(&load(&pairs), &profile, Some("1"), &[]).await;
     assert!(report.success(), "{:?}", report.first_error());
     assert_eq!(count(&local, "meter").await, 25);
     // The same settings with the wrong CA on the local side: a clear local error.
     let wrong = tls.wrong_ca().display().to_string();
     let mut pairs = pairs.to_vec();
     pairs[5].1 = wrong.as_str();
-    let config = config_from(
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    );
-    let report = download_with(&config, &profile, Some("1"), &[]).await;
+    let report = download_with(&load(&pairs), &profile, Some("1"), &[]).await;
     let error = report.first_error().unwrap_or_default();
     assert!(
         error.contains("local database") && error.contains("UnknownIssuer"),
