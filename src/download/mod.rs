@@ -109,13 +109,11 @@ pub async fn run(pools: &Pools, request: DownloadRequest<'_>) -> DownloadReport 
         error: None,
     };
     tracing::info!(entities = selected.len(), "download started");
-    let outcome = match request.deadline {
-        Some(deadline) => deadline
-            .bound(run_entities(pools, request, &selected, &mut report))
-            .await
-            .unwrap_or_else(|e| Err(e.into())),
-        None => run_entities(pools, request, &selected, &mut report).await,
-    };
+    let outcome = Deadline::within(
+        request.deadline,
+        run_entities(pools, request, &selected, &mut report),
+    )
+    .await;
     if let Err(e) = outcome {
         let message = chain(&e);
         tracing::error!(error = %message, "download failed");

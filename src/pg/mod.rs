@@ -517,6 +517,18 @@ impl Deadline {
         config.run_timeout.map(Self::after)
     }
 
+    /// Runs fallible `work` until `deadline`, if there is one; past it, the work is dropped and
+    /// the result is the [`TimedOut`] error.
+    pub async fn within<T, E: From<TimedOut>>(
+        deadline: Option<Self>,
+        work: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        match deadline {
+            Some(deadline) => deadline.bound(work).await.unwrap_or_else(|e| Err(e.into())),
+            None => work.await,
+        }
+    }
+
     /// Runs `work` until the deadline.
     pub async fn bound<T>(self, work: impl Future<Output = T>) -> Result<T, TimedOut> {
         tokio::time::timeout_at(self.at, work)

@@ -127,13 +127,8 @@ pub async fn run(pools: &Pools, request: UploadRequest<'_>) -> UploadReport {
         queue_after: None,
         error: None,
     };
-    let outcome = match request.deadline {
-        Some(deadline) => deadline
-            .bound(run_batches(pools, request, &mut report))
-            .await
-            .unwrap_or_else(|e| Err(e.into())),
-        None => run_batches(pools, request, &mut report).await,
-    };
+    let outcome =
+        Deadline::within(request.deadline, run_batches(pools, request, &mut report)).await;
     if let Err(e) = outcome {
         let message = chain(&e);
         tracing::error!(error = %message, uploaded = report.uploaded, "upload stopped; the remaining readings stay queued");
