@@ -411,3 +411,91 @@ async fn upload_status_and_quarantine_commands_work_end_to_end() {
         (Some(0), "released 0 reading(s) for another upload")
     );
 }
+
+/// The plan of the claim that continues a drain (`claim_and_remove_after`), as the agent
+/// prepares it, for a batch of 100 after the first reading.
+async fn claim_plan(client: &tokio_postgres::Client, profile: &Profile) -> String {
+    let readings = profile.readings.as_ref().unwrap();
+    let claim = meter_sync::sql::claim_and_remove_after(readings);
+    client
+        .batch_execute(&format!("prepare claim_plan as {claim}"))
+        .await
+        .unwrap();
+    let plan: serde_json::Value = client
+        .query_one(
+            "explain (format json) execute claim_plan(100, '2026-01-01', 0)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    client.batch_execute("deallocate claim_plan").await.unwrap();
+    plan.to_string()
+}
+
+/// Times the readings table was analyzed (by anyone; autovacuum is off for it in the test).
+async fn analyze_count(client: &tokio_postgres::Client) -> i64 {
+    client
+        .query_one(
+            "select analyze_count from pg_stat_user_tables where relname = 'meter_readings'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// A backlog loaded in one go into a table analyzed while empty: the planner, without
+/// statistics for it, would claim every batch by scanning and sorting the whole queue. The
+/// upload refreshes the statistics first (a backlog of 1,000 readings or more, more than a tenth
+/// changed), so the claims walk the queue index; a small queue or fresh statistics are left alone.
+#[tokio::test]
+async fn a_backlog_gets_fresh_statistics_before_the_drain() {
+    let (env, profile) = upload_env("up_stats", &[("MAX_BATCHES_PER_RUN", "1")]).await;
+    let local = env.local.client().await;
+    local
+        .batch_execute(
+            "alter table meter_readings set (autovacuum_enabled = false); analyze meter_readings",
+        )
+        .await
+        .unwrap();
+    let queue = |rows: i64, start: i64| {
+        let local = &local;
+        async move {
+            insert_local_readings(local, rows, 10, start).await.unwrap();
+            // Counted changes reach the statistics views at once, not up to a second later.
+            local
+                .batch_execute("select pg_stat_force_next_flush()")
+                .await
+                .unwrap();
+        }
+    };
+    queue(500, 0).await;
+    assert!(upload(&env, &profile).await.success());
+    assert_eq!(
+        analyze_count(&local).await,
+        1,
+        "a small queue is not analyzed"
+    );
+
+    queue(6_000, 1_000).await;
+    let before = claim_plan(&local, &profile).await;
+    assert!(
+        before.contains("Seq Scan"),
+        "without statistics the claim scans the queue: {before}"
+    );
+    let report = upload(&env, &profile).await;
+    assert!(report.success(), "{report:#?}");
+    assert_eq!(analyze_count(&local).await, 2, "a backlog is analyzed");
+    let after = claim_plan(&local, &profile).await;
+    assert!(
+        !after.contains("Seq Scan") && after.contains("meter_readings_sync_queue_idx"),
+        "with statistics the claim walks the queue index: {after}"
+    );
+    assert!(upload(&env, &profile).await.success());
+    assert_eq!(
+        analyze_count(&local).await,
+        2,
+        "statistics still fresh: not analyzed again"
+    );
+}

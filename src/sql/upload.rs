@@ -84,6 +84,21 @@ fn claim_and_remove_from(readings: &ReadingsSpec, after: bool) -> String {
     )
 }
 
+/// The planner statistics of a table (`$1`, its quoted name): the rows it had when last
+/// analyzed (-1 if never), the changes since (inserts, updates, deletes), and whether this role
+/// may analyze it (owner or superuser; anyone else's `analyze` is skipped with a warning).
+pub const SELECT_TABLE_STATISTICS: &str =
+    "select c.reltuples::float8, coalesce(s.n_mod_since_analyze, 0)::int8,
+    pg_has_role(c.relowner, 'USAGE') or (select rolsuper from pg_roles where rolname = current_user)
+from pg_class c left join pg_stat_all_tables s on s.relid = c.oid
+where c.oid = to_regclass($1)";
+
+/// Refreshes the readings table's statistics; `skip_locked`: skipped at once, with a warning
+/// instead of a wait, while autovacuum works on the table (which refreshes them itself).
+pub fn analyze_readings(readings: &ReadingsSpec) -> String {
+    format!("analyze (skip_locked) {}", readings.table.quoted())
+}
+
 /// After the remote commit: removes the uploaded readings (`$1`) except refused ones (`$2`).
 pub fn delete_uploaded(readings: &ReadingsSpec) -> String {
     format!(

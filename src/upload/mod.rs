@@ -206,6 +206,7 @@ async fn drain(
     if before.size == 0 {
         return Ok(());
     }
+    refresh_statistics(local, readings, before.size).await;
     let plan = plan(pools, request).await?;
     // Workers drain concurrently, each with its own connections; SKIP LOCKED keeps their
     // batches apart. They share the batch budget; each stops at its own short batch, all stop
@@ -350,6 +351,58 @@ async fn worker(
         }
     }
     Ok(())
+}
+
+/// A backlog at least this large has its table's statistics refreshed when they are stale.
+const ANALYZE_MIN_QUEUE: i64 = 1_000;
+
+/// Analyzes the readings table before a drain of a backlog when its statistics are missing or
+/// stale (at least [`ANALYZE_MIN_QUEUE`] changes and more than a tenth of the rows it had when
+/// last analyzed: autovacuum's own rule, which it applies within a minute or, when it is off,
+/// never). Without statistics the planner guesses a handful of queued rows and claims each batch
+/// by reading and sorting the whole queue instead of walking the queue index: a backlog loaded
+/// in one go (after an outage, an import) then costs O(queue) per batch, measured at 7 ms
+/// instead of 0.4 ms per 100-reading batch on 25,000 queued readings. A failure only costs
+/// that speed, so it is logged and the run goes on.
+async fn refresh_statistics(local: &tokio_postgres::Client, readings: &ReadingsSpec, queued: i64) {
+    if queued < ANALYZE_MIN_QUEUE {
+        return;
+    }
+    let table = readings.table.quoted();
+    let stale = match local
+        .query_opt(sql::SELECT_TABLE_STATISTICS, &[&table])
+        .await
+    {
+        Ok(Some(row)) => {
+            let (rows, changes, allowed): (f64, i64, bool) = (row.get(0), row.get(1), row.get(2));
+            let stale =
+                rows < 0.0 || (changes >= ANALYZE_MIN_QUEUE && changes as f64 > rows / 10.0);
+            if stale && !allowed {
+                tracing::debug!(table = %readings.table, "the readings table's statistics are stale, but only its owner may analyze it");
+            }
+            stale && allowed
+        }
+        Ok(None) => false,
+        Err(e) => {
+            tracing::warn!(table = %readings.table, error = %chain(&e), "cannot read the readings table's statistics");
+            false
+        }
+    };
+    if !stale {
+        return;
+    }
+    let clock = Instant::now();
+    match local.batch_execute(&sql::analyze_readings(readings)).await {
+        Ok(()) => tracing::info!(
+            table = %readings.table,
+            queued,
+            duration_ms = clock.elapsed().as_millis() as u64,
+            "analyzed the readings table (its statistics were missing or stale)"
+        ),
+        Err(e) => {
+            tracing::warn!(table = %readings.table, error = %chain(&e), "cannot analyze the readings table; batches may be claimed slowly")
+        }
+    }
 }
 
 /// Checks the readings columns on both sides and looks for a unique index to dedupe on.
