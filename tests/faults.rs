@@ -14,8 +14,8 @@ use meter_sync::service::Service;
 use crate::support::proxy::{FaultProxy, Mode};
 use crate::support::{
     block_remote_readings, clusters, config_from, count, download, download_with,
-    load_remote_fixture, migrate_local, rows_text, table_checksum, upload, upload_env, upload_with,
-    TestDb, TestEnv, READINGS_MULTISET,
+    load_remote_fixture, migrate_local, rows_text, run_now, table_checksum, upload, upload_env,
+    upload_with, TestDb, TestEnv, READINGS_MULTISET,
 };
 
 /// A small deterministic generator (xorshift64*), seeded from `FAULT_SEED` or the clock.
@@ -302,13 +302,7 @@ async fn stalled_link_ends_the_run_at_run_timeout_and_the_next_run_completes() {
     assert!(!status.remote_db_connected);
 
     proxy.set(Mode::Pass);
-    let result = service
-        .trigger(RunKind::Upload, Trigger::Api)
-        .await
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
+    let result = run_now(&service, RunKind::Upload, Trigger::Api).await;
     let report = result.upload.as_ref().unwrap();
     assert!(report.success(), "{report:#?}");
     assert_eq!(count(&local, "meter_readings").await, 0);

@@ -9,7 +9,7 @@ use meter_sync::fixture::insert_local_readings;
 use meter_sync::runlock::{RunKind, Trigger};
 use meter_sync::service::Service;
 
-use crate::support::{count, default_env_with, rows_text, TestEnv, READINGS_MULTISET};
+use crate::support::{count, default_env_with, rows_text, run_now, TestEnv, READINGS_MULTISET};
 
 const GRANTS: &str = include_str!("../deploy/remote-grants.sql");
 
@@ -53,25 +53,13 @@ async fn the_agent_role_uploads_downloads_and_runs_the_cycle() {
     insert_local_readings(&local, 500, 5, 0).await.unwrap();
     let original = rows_text(&local, READINGS_MULTISET).await;
     let service = service_as(&env, &profile, &agent, true);
-    let result = service
-        .trigger(RunKind::Cycle, Trigger::Cli)
-        .await
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
+    let result = run_now(&service, RunKind::Cycle, Trigger::Cli).await;
     assert!(result.success, "{:?}", result.first_error());
     assert_eq!(result.upload.as_ref().unwrap().uploaded, 500);
     assert_eq!(result.meter_download.as_ref().unwrap().inserted, 25);
     // A resend goes through the stage (TEMPORARY) and the dedupe (SELECT): still allowed.
     insert_local_readings(&local, 500, 5, 0).await.unwrap();
-    let again = service
-        .trigger(RunKind::Upload, Trigger::Cli)
-        .await
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
+    let again = run_now(&service, RunKind::Upload, Trigger::Cli).await;
     let upload = again.upload.as_ref().unwrap();
     assert!(upload.success(), "{:?}", upload.error);
     assert_eq!((upload.uploaded, upload.deduplicated), (0, 500));
@@ -89,13 +77,7 @@ async fn a_read_only_role_downloads_with_uploads_disabled_and_a_refused_upload_l
     let local = env.local.client().await;
     insert_local_readings(&local, 100, 5, 0).await.unwrap();
     let service = service_as(&env, &profile, &reader, false);
-    let result = service
-        .trigger(RunKind::Cycle, Trigger::Cli)
-        .await
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
+    let result = run_now(&service, RunKind::Cycle, Trigger::Cli).await;
     assert!(result.success, "{:?}", result.first_error());
     assert!(result.upload.is_none());
     assert_eq!(result.meter_download.as_ref().unwrap().inserted, 25);
@@ -104,13 +86,7 @@ async fn a_read_only_role_downloads_with_uploads_disabled_and_a_refused_upload_l
 
     // Uploading anyway with that role: a clear permission error, every reading still queued.
     let service = service_as(&env, &profile, &reader, true);
-    let result = service
-        .trigger(RunKind::Upload, Trigger::Cli)
-        .await
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
+    let result = run_now(&service, RunKind::Upload, Trigger::Cli).await;
     let error = result.upload.as_ref().unwrap().error.clone().unwrap();
     assert!(error.contains("permission denied"), "{error}");
     assert_eq!(count(&local, "meter_readings").await, 100);

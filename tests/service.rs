@@ -13,7 +13,7 @@ use meter_sync::service::Service;
 use proptest::prelude::*;
 use serde_json::Value;
 
-use crate::support::{count, default_env_with, upload_env, TestEnv};
+use crate::support::{count, default_env_with, run_now, upload_env, TestEnv};
 
 /// The service of `env` serving HTTP on a port-0 listener, without the scheduler.
 pub async fn serve(env: &TestEnv, profile: &Profile) -> (App, String) {
@@ -345,13 +345,7 @@ async fn a_failing_part_never_stops_the_others() {
         .batch_execute("alter table meter rename to meter_gone")
         .await
         .unwrap();
-    let result = service
-        .trigger(RunKind::Cycle, Trigger::Cli)
-        .await
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
+    let result = run_now(&service, RunKind::Cycle, Trigger::Cli).await;
     assert!(!result.success);
     assert!(result.upload.as_ref().unwrap().success());
     assert_eq!(result.upload.as_ref().unwrap().uploaded, 200);
@@ -373,13 +367,7 @@ async fn a_failing_part_never_stops_the_others() {
         .await
         .unwrap();
     insert_local_readings(&local, 50, 2, 100).await.unwrap();
-    let result = service
-        .trigger(RunKind::Cycle, Trigger::Cli)
-        .await
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
+    let result = run_now(&service, RunKind::Cycle, Trigger::Cli).await;
     assert!(!result.upload.as_ref().unwrap().success());
     assert!(result.download.as_ref().unwrap().success());
     assert_eq!(result.meter_download.as_ref().unwrap().inserted, 25);
@@ -553,13 +541,7 @@ async fn status_case(ops: Vec<Op>) {
                 } else {
                     RunKind::Download
                 };
-                let result = service
-                    .trigger(kind, Trigger::Cli)
-                    .await
-                    .unwrap()
-                    .wait()
-                    .await
-                    .unwrap();
+                let result = run_now(&service, kind, Trigger::Cli).await;
                 if let Some(upload) = &result.upload {
                     uploaded_total += upload.uploaded;
                     last_upload = Some(upload.success());

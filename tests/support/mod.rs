@@ -391,3 +391,18 @@ pub async fn block_remote_readings(env: &TestEnv) -> tokio_postgres::Client {
         .unwrap();
     blocker
 }
+
+/// Starts a run on the service now and waits for its result.
+pub async fn run_now(
+    service: &meter_sync::service::Service,
+    kind: meter_sync::runlock::RunKind,
+    trigger: meter_sync::runlock::Trigger,
+) -> std::sync::Arc<meter_sync::cycle::SyncCycleResult> {
+    service
+        .trigger(kind, trigger)
+        .await
+        .expect("the run starts")
+        .wait()
+        .await
+        .expect("the run ends with a result")
+}
