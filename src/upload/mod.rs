@@ -368,27 +368,24 @@ async fn refresh_statistics(local: &tokio_postgres::Client, readings: &ReadingsS
     if queued < ANALYZE_MIN_QUEUE {
         return;
     }
-    let table = readings.table.quoted();
-    let stale = match local
-        .query_opt(sql::SELECT_TABLE_STATISTICS, &[&table])
+    let row = match local
+        .query_opt(sql::SELECT_TABLE_STATISTICS, &[&readings.table.quoted()])
         .await
     {
-        Ok(Some(row)) => {
-            let (rows, changes, allowed): (f64, i64, bool) = (row.get(0), row.get(1), row.get(2));
-            let stale =
-                rows < 0.0 || (changes >= ANALYZE_MIN_QUEUE && changes as f64 > rows / 10.0);
-            if stale && !allowed {
-                tracing::debug!(table = %readings.table, "the readings table's statistics are stale, but only its owner may analyze it");
-            }
-            stale && allowed
-        }
-        Ok(None) => false,
+        Ok(Some(row)) => row,
+        Ok(None) => return,
         Err(e) => {
             tracing::warn!(table = %readings.table, error = %chain(&e), "cannot read the readings table's statistics");
-            false
+            return;
         }
     };
+    let (rows, changes, allowed): (f64, i64, bool) = (row.get(0), row.get(1), row.get(2));
+    let stale = rows < 0.0 || (changes >= ANALYZE_MIN_QUEUE && changes as f64 > rows / 10.0);
     if !stale {
+        return;
+    }
+    if !allowed {
+        tracing::debug!(table = %readings.table, "the readings table's statistics are stale, but only its owner may analyze it");
         return;
     }
     let clock = Instant::now();
