@@ -6,6 +6,7 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod convert;
 pub mod cron;
 pub mod cycle;
 pub mod demo;

@@ -202,7 +202,7 @@ async fn count(
         None => crate::sql::count_active(&entity.table, None),
         Some(tenant) => format!(
             "select count(*) from ({}) as rows",
-            crate::sql::remote_select(entity, tenant, false)
+            crate::sql::remote_select(entity, tenant, false, &[])
         ),
     };
     let row = client

@@ -3,12 +3,20 @@
 //!
 //! One run reads every entity from one `REPEATABLE READ, READ ONLY` remote transaction (one
 //! consistent snapshot; the server itself refuses writes) and applies them in one local
-//! transaction, with a savepoint per entity on both sides so a failing entity rolls back alone
-//! and the next still runs. Per entity, in dependency order: the remote rows stream through
-//! binary `COPY` into a local temporary stage (never held in memory), then set-based statements
-//! skip rows whose references are missing, delete or deactivate rows gone remotely, update rows
-//! whose values differ and insert new ones. Counts come from those statements' own rows.
+//! transaction. First, per entity in dependency order, under a savepoint on both sides: its
+//! columns are checked (the local table has them, and no value can change type on the way), the
+//! remote rows stream through binary `COPY` into a local temporary stage (never held in
+//! memory), rows whose references are missing are skipped, the keys of rows gone remotely are
+//! collected, changed rows are updated and new ones inserted. Then, in reverse dependency order
+//! (children first, so local foreign keys hold), the collected rows are deleted or deactivated.
+//! Counts come from those statements' own rows.
+//!
+//! An entity that fails rolls back alone: in the first pass its savepoint is rolled back; when
+//! its removal fails, or its failure left a connection unusable, the run starts again from a
+//! fresh transaction without it, so no entity is ever half applied and the others are applied
+//! exactly as they would be without it.
 
+mod columns;
 mod report;
 mod tenant;
 
@@ -28,8 +36,9 @@ pub use tenant::{resolve as resolve_tenant, TenantError};
 use crate::cli::chain;
 use crate::logging::Steps;
 use crate::pg::{on_local, on_remote, Backoff, Deadline, PgError, Pools, RawValue, TimedOut};
-use crate::profile::{EntitySpec, Ident, Profile, RemoteSource, TenantId};
+use crate::profile::{EntitySpec, Ident, OnMissing, Profile, RemoteSource, TenantId};
 use crate::sql;
+use crate::sql::Target;
 use crate::synclog::{self, LogEntry};
 
 /// How many new, changed, removed or skipped rows are logged one by one per entity.
@@ -40,8 +49,16 @@ const LOGGED_ROWS: usize = 100;
 pub enum EntityError {
     #[error("local table {table} does not exist; run `meter-sync migrate`")]
     LocalTableMissing { table: String },
-    #[error("remote and local column types differ ({0}); align the tables or the profile")]
-    TypeMismatch(String),
+    #[error("local table {table} lacks {columns}: run `meter-sync migrate`")]
+    LocalColumnsMissing { table: String, columns: String },
+    #[error("{table}: column types could change or refuse values on the way, so nothing of {table} was applied: {detail}. Align the tables or the profile")]
+    TypeMismatch { table: String, detail: String },
+    #[error("cannot remove the rows of {table} gone remotely: local table {referencing} still references them (constraint {constraint}); nothing of {table} was changed. Remove or re-point those rows, or add {referencing} to the profile so its rows go first")]
+    StillReferenced {
+        table: String,
+        referencing: String,
+        constraint: String,
+    },
     #[error("Key ({columns})=({values}) is duplicated among the remote rows")]
     DuplicateKey { columns: String, values: String },
     #[error("{count} remote row(s) have NULL in key column(s) {key}")]
@@ -140,6 +157,43 @@ async fn run_entities(
     selected: &[&EntitySpec],
     report: &mut DownloadReport,
 ) -> Result<(), RunError> {
+    // An entity whose failure cannot be rolled back alone fails the attempt; the next attempt
+    // leaves it out (reported with its error) and redoes the others from scratch. Each attempt
+    // leaves out one more, so there are at most as many as entities, plus one.
+    let mut failed = vec![false; selected.len()];
+    loop {
+        match attempt(pools, request, selected, &mut failed, report).await? {
+            Attempt::Committed => return Ok(()),
+            Attempt::Again => {
+                for ((spec, entity), failed) in
+                    selected.iter().zip(&mut report.entities).zip(&failed)
+                {
+                    if !failed {
+                        *entity = EntityReport::new(spec);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// How an attempt at a run ended.
+enum Attempt {
+    Committed,
+    /// An entity failed in a way its savepoint could not undo (now marked failed); nothing of
+    /// the attempt was committed.
+    Again,
+}
+
+/// One attempt at the run, leaving out the entities marked `failed` (and marking those that
+/// fail now).
+async fn attempt(
+    pools: &Pools,
+    request: DownloadRequest<'_>,
+    selected: &[&EntitySpec],
+    failed: &mut [bool],
+    report: &mut DownloadReport,
+) -> Result<Attempt, RunError> {
     let backoff = request.backoff;
     let mut local = pools.local_with_retry(backoff).await?;
     let tenant = tenant::resolve(&**local, request.tenant, request.profile).await?;
@@ -161,35 +215,7 @@ async fn run_entities(
     rtx.batch_execute(sql::STABLE_TEXT_SETTINGS)
         .await
         .map_err(|e| PgError::query("remote", "set text settings", e))?;
-    // A tenant the remote does not know would make every entity look emptied: refuse first.
-    // A tenant table that cannot be read is left to fail as an entity of its own (under a
-    // savepoint, so the snapshot stays usable for the others).
-    if let Some(entity) = crate::cycle::tenant_entity(request.profile) {
-        rtx.batch_execute("savepoint meter_sync_tenant_check")
-            .await
-            .map_err(|e| PgError::query("remote", "look up the tenant", e))?;
-        match rtx
-            .query_one(&sql::count_remote_rows(entity, &tenant), &[])
-            .await
-        {
-            Ok(row) if row.get::<_, i64>(0) == 0 => {
-                return Err(RunError::UnknownTenant {
-                    tenant: tenant.to_string(),
-                    table: match &entity.remote {
-                        RemoteSource::Table(table) => format!("table {table}"),
-                        RemoteSource::Query(_) => format!("{} query", entity.name),
-                    },
-                });
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::debug!(error = %crate::pg::describe(&e), "tenant lookup failed; the tenant entity will report it");
-                rtx.batch_execute("rollback to savepoint meter_sync_tenant_check")
-                    .await
-                    .map_err(|e| PgError::query("remote", "look up the tenant", e))?;
-            }
-        }
-    }
+    refuse_unknown_tenant(&rtx, request.profile, &tenant).await?;
     ltx.batch_execute(&format!(
         "{}; {}",
         sql::STABLE_TEXT_SETTINGS,
@@ -199,36 +225,93 @@ async fn run_entities(
     .map_err(|e| PgError::query("local", "set session settings", e))?;
     let record_hash = server_version(&rtx, "remote").await? >= 140_000
         && server_version(&ltx, "local").await? >= 140_000;
-    let targets: Vec<(&Ident, &EntitySpec)> = request
+    let options = EntityOptions {
+        record_hash,
+        full: request.full,
+        guard: request.guard,
+    };
+    // Every entity of the profile, as references see it: `deleting` once its removals are
+    // collected.
+    let mut targets: Vec<Target<'_>> = request
         .profile
         .entities
         .iter()
-        .map(|e| (&e.name, e))
+        .map(|spec| Target {
+            spec,
+            deleting: false,
+        })
         .collect();
 
-    for (spec, entity_report) in selected.iter().zip(report.entities.iter_mut()) {
+    // Pass 1, dependency order: check, stage, collect removals, update, insert.
+    let mut removing = vec![false; selected.len()];
+    for (i, (spec, entity_report)) in selected.iter().zip(report.entities.iter_mut()).enumerate() {
+        if failed[i] {
+            continue;
+        }
         let clock = Instant::now();
         savepoints(&ltx, &rtx, "savepoint meter_sync_entity").await?;
-        let options = EntityOptions {
-            record_hash,
-            full: request.full,
-            guard: request.guard,
-        };
         let outcome =
             sync_entity(&ltx, &rtx, spec, &tenant, &targets, options, entity_report).await;
         entity_report.duration_ms = clock.elapsed().as_millis() as u64;
         match outcome {
-            Ok(()) => {
+            Ok(collected) => {
                 savepoints(&ltx, &rtx, "release savepoint meter_sync_entity").await?;
-                entity_report.success = true;
-                log_entity(entity_report);
+                removing[i] = collected;
+                if collected && spec.on_missing == OnMissing::Delete {
+                    if let Some(target) = targets.iter_mut().find(|t| t.spec.name == spec.name) {
+                        target.deleting = true;
+                    }
+                }
             }
             Err(e) => {
                 let message = chain(&e);
                 tracing::error!(entity = %spec.name, error = %message, "entity failed; its changes are rolled back");
                 entity_report.fail(message);
-                // A broken connection cannot roll back; that surfaces as a run error below.
-                savepoints(&ltx, &rtx, "rollback to savepoint meter_sync_entity").await?;
+                failed[i] = true;
+                if let Err(broken) =
+                    savepoints(&ltx, &rtx, "rollback to savepoint meter_sync_entity").await
+                {
+                    // The failure left a connection unusable. If it was the connection itself
+                    // (the server went away), the run fails; otherwise redo without the entity.
+                    if is_connection_fault(&e) {
+                        return Err(broken.into());
+                    }
+                    tracing::warn!(entity = %spec.name, error = %chain(&broken), "the entity's failure broke a connection; the run starts again without it");
+                    return Ok(Attempt::Again);
+                }
+            }
+        }
+    }
+
+    // Pass 2, reverse dependency order: children's rows go before the rows they reference.
+    for (i, (spec, entity_report)) in selected
+        .iter()
+        .zip(report.entities.iter_mut())
+        .enumerate()
+        .rev()
+    {
+        if !removing[i] {
+            continue;
+        }
+        let clock = Instant::now();
+        ltx.batch_execute("savepoint meter_sync_removal")
+            .await
+            .map_err(on_local("savepoint meter_sync_removal"))?;
+        match remove_gone(&ltx, spec, entity_report).await {
+            Ok(()) => {
+                ltx.batch_execute("release savepoint meter_sync_removal")
+                    .await
+                    .map_err(on_local("release savepoint meter_sync_removal"))?;
+                entity_report.duration_ms += clock.elapsed().as_millis() as u64;
+            }
+            Err(e) => {
+                // Its inserts and updates of pass 1 are already released: only a new attempt
+                // without it keeps it whole.
+                let message = chain(&e);
+                tracing::error!(entity = %spec.name, error = %message, "entity failed removing rows; the run starts again without it");
+                entity_report.fail(message);
+                failed[i] = true;
+                return Ok(Attempt::Again);
             }
         }
     }
@@ -237,7 +320,55 @@ async fn run_entities(
         .map_err(|e| PgError::query("local", "commit the download", e))?;
     // The snapshot was read-only; ending it cannot lose anything.
     let _ = rtx.rollback().await;
-    Ok(())
+    for (entity_report, failed) in report.entities.iter_mut().zip(failed.iter()) {
+        if !failed {
+            entity_report.success = true;
+            log_entity(entity_report);
+        }
+    }
+    Ok(Attempt::Committed)
+}
+
+/// Whether an entity's error was the connection failing rather than the entity's data or
+/// tables (then the run fails as a whole, as for any connection fault).
+fn is_connection_fault(error: &EntityError) -> bool {
+    matches!(error, EntityError::Database(e) if e.is_retryable())
+}
+
+/// A tenant the remote does not know would make every entity look emptied: refuse first. A
+/// tenant table that cannot be read is left to fail as an entity of its own (under a
+/// savepoint, so the snapshot stays usable for the others).
+async fn refuse_unknown_tenant(
+    rtx: &Transaction<'_>,
+    profile: &Profile,
+    tenant: &TenantId,
+) -> Result<(), RunError> {
+    let Some(entity) = crate::cycle::tenant_entity(profile) else {
+        return Ok(());
+    };
+    rtx.batch_execute("savepoint meter_sync_tenant_check")
+        .await
+        .map_err(|e| PgError::query("remote", "look up the tenant", e))?;
+    match rtx
+        .query_one(&sql::count_remote_rows(entity, tenant), &[])
+        .await
+    {
+        Ok(row) if row.get::<_, i64>(0) == 0 => Err(RunError::UnknownTenant {
+            tenant: tenant.to_string(),
+            table: match &entity.remote {
+                RemoteSource::Table(table) => format!("table {table}"),
+                RemoteSource::Query(_) => format!("{} query", entity.name),
+            },
+        }),
+        Ok(_) => Ok(()),
+        Err(e) => {
+            tracing::debug!(error = %crate::pg::describe(&e), "tenant lookup failed; the tenant entity will report it");
+            rtx.batch_execute("rollback to savepoint meter_sync_tenant_check")
+                .await
+                .map_err(|e| PgError::query("remote", "look up the tenant", e))?;
+            Ok(())
+        }
+    }
 }
 
 async fn server_version(tx: &Transaction<'_>, side: &'static str) -> Result<i32, PgError> {
@@ -267,16 +398,17 @@ const FULL_STAGE_FRACTION: f64 = 0.25;
 /// Keys fetched per remote query on the diff path.
 const FETCH_BATCH: usize = 10_000;
 
-/// Mirrors one entity inside the open transactions.
+/// Mirrors one entity inside the open transactions, all but the removal of rows gone remotely:
+/// returns whether those were collected (then [`remove_gone`] applies them).
 async fn sync_entity(
     ltx: &Transaction<'_>,
     rtx: &Transaction<'_>,
     entity: &EntitySpec,
     tenant: &TenantId,
-    targets: &[(&Ident, &EntitySpec)],
+    targets: &[Target<'_>],
     options: EntityOptions,
     report: &mut EntityReport,
-) -> Result<(), EntityError> {
+) -> Result<bool, EntityError> {
     let (versioned, keyed) = match &entity.remote {
         RemoteSource::Table(table) => {
             let kind: Option<String> = rtx
@@ -294,8 +426,10 @@ async fn sync_entity(
         }
         RemoteSource::Query(_) => (false, false),
     };
-    let remote_select = sql::remote_select(entity, tenant, versioned);
-    let mut types = check_types(ltx, rtx, entity, &remote_select).await?;
+    let columns = columns::check(ltx, rtx, entity, tenant, versioned).await?;
+    let conversions = &columns.conversions;
+    let remote_select = sql::remote_select(entity, tenant, versioned, conversions);
+    let mut types = columns.local_types;
     types.push(Type::INT8);
     let empty: bool = ltx
         .query_one(&sql::local_is_empty(entity), &[])
@@ -304,7 +438,8 @@ async fn sync_entity(
         .get(0);
     if empty {
         report.strategy = "cold";
-        return sync_cold(ltx, rtx, entity, &remote_select, targets, report).await;
+        sync_cold(ltx, rtx, entity, &remote_select, targets, report).await?;
+        return Ok(false);
     }
 
     let mut steps = Steps::new("download", entity.name.as_str());
@@ -314,7 +449,7 @@ async fn sync_entity(
     if options.full {
         let present = stage_every_row(ltx, rtx, entity, &remote_select, targets, report).await?;
         steps.done("stage every row");
-        apply(
+        let collected = apply(
             ltx,
             entity,
             Removal::NotIn(present),
@@ -323,7 +458,8 @@ async fn sync_entity(
             &mut steps,
         )
         .await?;
-        return drop_stages(ltx, entity).await;
+        drop_stages(ltx, entity).await?;
+        return Ok(collected);
     }
 
     // Diff: compare row versions or hashes, then fetch only what is new or changed.
@@ -336,7 +472,7 @@ async fn sync_entity(
     report.fetched = pipe(
         rtx,
         ltx,
-        &sql::copy_out(&sql::remote_hash_select(entity, tenant, kind)),
+        &sql::copy_out(&sql::remote_hash_select(entity, tenant, kind, conversions)),
         &sql::copy_into_hash_stage(entity),
         "write the hash stage",
     )
@@ -359,7 +495,7 @@ async fn sync_entity(
     let removal = if need as f64 > report.fetched as f64 * FULL_STAGE_FRACTION {
         Removal::NotIn(stage_every_row(ltx, rtx, entity, &remote_select, targets, report).await?)
     } else {
-        fetch_by_keys(ltx, rtx, entity, tenant, versioned, &types).await?;
+        fetch_by_keys(ltx, rtx, entity, tenant, versioned, conversions, &types).await?;
         ltx.batch_execute(&sql::index_keys(entity, &stage))
             .await
             .map_err(on_local("index the fetched rows"))?;
@@ -379,8 +515,9 @@ async fn sync_entity(
     } else {
         "fetch new and changed rows"
     });
-    apply(ltx, entity, removal, options.guard, report, &mut steps).await?;
-    drop_stages(ltx, entity).await
+    let collected = apply(ltx, entity, removal, options.guard, report, &mut steps).await?;
+    drop_stages(ltx, entity).await?;
+    Ok(collected)
 }
 
 /// Per-run choices that apply to every entity.
@@ -399,7 +536,7 @@ async fn stage_every_row(
     rtx: &Transaction<'_>,
     entity: &EntitySpec,
     remote_select: &str,
-    targets: &[(&Ident, &EntitySpec)],
+    targets: &[Target<'_>],
     report: &mut EntityReport,
 ) -> Result<String, EntityError> {
     report.strategy = "full";
@@ -437,7 +574,7 @@ async fn sync_cold(
     rtx: &Transaction<'_>,
     entity: &EntitySpec,
     remote_select: &str,
-    targets: &[(&Ident, &EntitySpec)],
+    targets: &[Target<'_>],
     report: &mut EntityReport,
 ) -> Result<(), EntityError> {
     // Load first, build the primary key after (PostgreSQL's advice for bulk loads: far cheaper
@@ -577,6 +714,7 @@ async fn fetch_by_keys(
     entity: &EntitySpec,
     tenant: &TenantId,
     versioned: bool,
+    conversions: &[crate::convert::Conversion],
     types: &[Type],
 ) -> Result<u64, PgError> {
     let key_types: Vec<&str> = entity
@@ -587,7 +725,11 @@ async fn fetch_by_keys(
         .collect();
     let query = rtx
         .prepare(&sql::remote_select_by_keys(
-            entity, tenant, versioned, &key_types,
+            entity,
+            tenant,
+            versioned,
+            conversions,
+            &key_types,
         ))
         .await
         .map_err(on_remote("prepare the fetch of changed rows"))?;
@@ -648,7 +790,8 @@ enum Removal {
     Gone,
 }
 
-/// Applies the stage: rows gone remotely, changed rows, new rows.
+/// Applies the stage: collects the rows gone remotely (checked by the mass-delete guard), then
+/// updates changed rows and inserts new ones. Returns whether removals were collected.
 async fn apply(
     ltx: &Transaction<'_>,
     entity: &EntitySpec,
@@ -656,19 +799,18 @@ async fn apply(
     guard: crate::config::DeleteGuard,
     report: &mut EntityReport,
     steps: &mut Steps<'_>,
-) -> Result<(), EntityError> {
+) -> Result<bool, EntityError> {
     let key_len = entity.key.len();
-    let statement = match &removal {
-        Removal::NotIn(present) => sql::apply_missing(entity, present),
-        Removal::Gone => sql::apply_gone(entity),
+    let collect = match &removal {
+        Removal::NotIn(present) => sql::collect_missing(entity, present),
+        Removal::Gone => sql::collect_gone(entity),
     };
-    if let Some(statement) = statement {
-        report.deleted = for_each_row(ltx, &statement, "remove rows gone remotely", |row| {
-            keep(&mut report.removed_keys, key_of(&row, key_len));
-        })
-        .await?;
-        steps.done("remove rows gone remotely");
-        check_mass_delete(ltx, entity, guard, report.deleted).await?;
+    if let Some(statement) = &collect {
+        ltx.batch_execute(statement)
+            .await
+            .map_err(on_local("collect rows gone remotely"))?;
+        check_mass_delete(ltx, entity, guard).await?;
+        steps.done("collect rows gone remotely");
     }
     if let Some(statement) = sql::update_changed(entity) {
         report.updated = for_each_row(ltx, &statement, "update changed rows", |row| {
@@ -693,26 +835,79 @@ async fn apply(
     })
     .await?;
     steps.done("insert new rows");
+    Ok(collect.is_some())
+}
+
+/// Deletes or deactivates the rows [`apply`] collected, once every entity's inserts and
+/// updates are done and every entity that depends on this one has removed its own.
+async fn remove_gone(
+    ltx: &Transaction<'_>,
+    entity: &EntitySpec,
+    report: &mut EntityReport,
+) -> Result<(), EntityError> {
+    let Some(statement) = sql::remove_gone(entity) else {
+        return Ok(());
+    };
+    let key_len = entity.key.len();
+    let rows = ltx
+        .query_raw(&statement, std::iter::empty::<&(dyn ToSql + Sync)>())
+        .await;
+    let mut removed = 0;
+    let result = async {
+        let rows = rows?;
+        let mut rows = pin!(rows);
+        while let Some(row) = rows.try_next().await? {
+            removed += 1;
+            keep(&mut report.removed_keys, key_of(&row, key_len));
+        }
+        Ok::<(), tokio_postgres::Error>(())
+    }
+    .await;
+    if let Err(e) = result {
+        if let Some(db) = e
+            .as_db_error()
+            .filter(|db| db.code() == &SqlState::FOREIGN_KEY_VIOLATION)
+        {
+            return Err(EntityError::StillReferenced {
+                table: entity.table.to_string(),
+                referencing: db.table().unwrap_or("?").to_string(),
+                constraint: db.constraint().unwrap_or("?").to_string(),
+            });
+        }
+        return Err(PgError::query("local", "remove rows gone remotely", e).into());
+    }
+    report.deleted = removed;
+    ltx.batch_execute(&format!("drop table {}", sql::gone_name(entity)))
+        .await
+        .map_err(on_local("drop the removal list"))?;
     Ok(())
 }
 
-/// The mass-delete guard, after the removal (inside the entity's savepoint, which the refusal
-/// rolls back): the rows there were before are those left plus those removed.
+/// The mass-delete guard, on the collected removals before anything changes (inside the
+/// entity's savepoint, which the refusal rolls back).
 async fn check_mass_delete(
     ltx: &Transaction<'_>,
     entity: &EntitySpec,
     guard: crate::config::DeleteGuard,
-    removed: u64,
 ) -> Result<(), EntityError> {
-    if removed <= crate::config::DeleteGuard::MIN_ROWS || guard.allowed {
+    if guard.allowed {
         return Ok(());
     }
-    let (active, verb) = match &entity.on_missing {
-        crate::profile::OnMissing::Deactivate { column } => (Some(column), "deactivate"),
-        _ => (None, "delete"),
+    let removed: i64 = ltx
+        .query_one(&sql::count_gone(entity), &[])
+        .await
+        .map_err(on_local("count the rows gone remotely"))?
+        .get(0);
+    let removed = removed.max(0) as u64;
+    if removed <= crate::config::DeleteGuard::MIN_ROWS {
+        return Ok(());
+    }
+    let verb = match &entity.on_missing {
+        OnMissing::Deactivate { .. } => "deactivate",
+        _ => "delete",
     };
     let left: i64 = ltx
-        .query_one(&sql::count_active(&entity.table, active), &[])
+        .query_one(&sql::count_staying(entity), &[])
         .await
         .map_err(on_local("count the rows left"))?
         .get(0);
@@ -728,35 +923,6 @@ async fn check_mass_delete(
         });
     }
     Ok(())
-}
-
-/// Refuses to copy when a remote column's type differs from the local column's: binary COPY
-/// would fail with a far less helpful message.
-async fn check_types(
-    ltx: &Transaction<'_>,
-    rtx: &Transaction<'_>,
-    entity: &EntitySpec,
-    remote_select: &str,
-) -> Result<Vec<Type>, EntityError> {
-    let local = ltx.prepare(&sql::local_select(entity)).await.map_err(|e| {
-        if e.code() == Some(&SqlState::UNDEFINED_TABLE) {
-            EntityError::LocalTableMissing {
-                table: entity.table.to_string(),
-            }
-        } else {
-            PgError::query("local", format!("read the columns of {}", entity.table), e).into()
-        }
-    })?;
-    let remote = rtx
-        .prepare(remote_select)
-        .await
-        .map_err(on_remote("prepare the remote query"))?;
-    let mismatches = crate::pg::type_mismatches(&remote, &local);
-    if mismatches.is_empty() {
-        Ok(local.columns().iter().map(|c| c.type_().clone()).collect())
-    } else {
-        Err(EntityError::TypeMismatch(mismatches.join("; ")))
-    }
 }
 
 /// Streams binary COPY data from the remote query into a local table, chunk by chunk;

@@ -206,6 +206,46 @@ impl fmt::Display for SqlType {
     }
 }
 
+/// The zone of a naive `timestamp` column that faces a `timestamptz` column on the other side
+/// (the profile's `time_zone`). Only zones with one fixed offset are accepted (`UTC`, `GMT`,
+/// `Etc/UTC`, `Etc/GMT`, `Etc/GMT+N`, `Etc/GMT-N`): in a zone with daylight saving time one
+/// wall-clock hour a year stands for two instants and another for none, so converting would
+/// change some values.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TimeZone(String);
+
+impl TimeZone {
+    /// Validates a fixed-offset zone name.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let fixed = match text {
+            "UTC" | "GMT" | "Etc/UTC" | "Etc/GMT" => true,
+            _ => text
+                .strip_prefix("Etc/GMT")
+                .and_then(|offset| {
+                    let (sign, hours) = offset.split_at_checked(1)?;
+                    let hours: u8 = hours.parse().ok().filter(|_| !hours.starts_with('0'))?;
+                    Some(matches!((sign, hours), ("+", 1..=12) | ("-", 1..=14)))
+                })
+                .unwrap_or(false),
+        };
+        if fixed {
+            Ok(Self(text.to_string()))
+        } else {
+            Err(format!("`{text}` is not a fixed-offset time zone (use UTC, GMT or Etc/GMT+N / Etc/GMT-N: a zone with daylight saving time maps two instants to one wall-clock time, so a value could change)"))
+        }
+    }
+
+    /// The zone name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The zone as a SQL string literal (its characters exclude quotes).
+    pub fn literal(&self) -> String {
+        format!("'{}'", self.0)
+    }
+}
+
 /// Why a tenant id was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("`{0}` is not a tenant id: 1-255 characters from letters, digits, `_`, `-`, `.` and `:`")]
@@ -320,6 +360,31 @@ mod tests {
     #[test]
     fn tenant_id_literal_is_safe() {
         assert_eq!(TenantId::parse(" 42 ").unwrap().literal(), "'42'");
+        for zone in [
+            "UTC",
+            "GMT",
+            "Etc/UTC",
+            "Etc/GMT",
+            "Etc/GMT+5",
+            "Etc/GMT-14",
+            "Etc/GMT+12",
+        ] {
+            assert_eq!(
+                TimeZone::parse(zone).unwrap().literal(),
+                format!("'{zone}'")
+            );
+        }
+        for zone in [
+            "Europe/Berlin",
+            "utc",
+            "Etc/GMT+13",
+            "Etc/GMT-15",
+            "Etc/GMT+05",
+            "Etc/GMT+",
+            "'; drop",
+        ] {
+            assert!(TimeZone::parse(zone).is_err(), "{zone}");
+        }
         assert_eq!(
             TenantId::parse("site-a.b:c_1").unwrap().literal(),
             "'site-a.b:c_1'"

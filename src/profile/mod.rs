@@ -11,6 +11,7 @@ use std::path::Path;
 
 pub use ident::{
     quote_ident, unquote_ident, Ident, IdentError, SqlType, TableName, TenantId, TenantIdError,
+    TimeZone,
 };
 
 /// The built-in default profile (spec documents 000/003 for configuration tables, 004 for
@@ -47,6 +48,9 @@ pub struct ColumnSpec {
     pub sql_type: SqlType,
     pub nullable: bool,
     pub default: Option<DefaultValue>,
+    /// The zone of the naive side when this column is a `timestamp` on one side and a
+    /// `timestamptz` on the other (`time_zone`); values are converted through it.
+    pub time_zone: Option<TimeZone>,
 }
 
 /// A remote `SELECT` given by the profile. `$tenant_id` in it stands for the site's tenant.
@@ -164,6 +168,9 @@ pub struct ReadingsSpec {
     /// Columns that identify a reading on the remote: a resend with the same key is a no-op.
     pub dedupe_key: Vec<Ident>,
     pub after_upload: AfterUpload,
+    /// The readings column holding the tenant (`tenant_column`): NULLs are stamped with the
+    /// site's tenant on the way up, readings of another tenant are quarantined, never sent.
+    pub tenant_column: Option<Ident>,
 }
 
 impl ReadingsSpec {

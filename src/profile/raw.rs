@@ -40,6 +40,7 @@ pub struct RawColumn {
     #[serde(default = "yes")]
     pub nullable: bool,
     pub default: Option<toml::Value>,
+    pub time_zone: Option<String>,
 }
 
 fn yes() -> bool {
@@ -86,4 +87,5 @@ pub struct RawReadings {
     pub order_by: Option<OneOrMany>,
     pub dedupe_key: Option<OneOrMany>,
     pub after_upload: Option<String>,
+    pub tenant_column: Option<String>,
 }

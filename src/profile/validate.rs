@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, HashSet};
 use super::raw::{RawColumn, RawEntity, RawProfile, RawReadings, RawReference};
 use super::{
     AfterUpload, ColumnSpec, DefaultValue, EntitySpec, Ident, IdentError, OnMissing, Profile,
-    ReadingsSpec, Reference, RemoteQuery, RemoteSource, SqlType, TableName, RESERVED_TABLES,
+    ReadingsSpec, Reference, RemoteQuery, RemoteSource, SqlType, TableName, TimeZone,
+    RESERVED_TABLES,
 };
 
 /// One mistake in a profile, naming where it is.
@@ -23,6 +24,10 @@ pub enum Problem {
     BadDefault { at: String, value: String },
     #[error("{at}: has no columns")]
     NoColumns { at: String },
+    #[error("{at}: time_zone {reason}")]
+    BadTimeZone { at: String, reason: String },
+    #[error("{at}: time_zone applies to timestamp and timestamptz columns only, not {sql_type}")]
+    TimeZoneType { at: String, sql_type: String },
     #[error("{at}: column `{column}` is listed twice")]
     DuplicateColumn { at: String, column: String },
     #[error("{at}: key is empty")]
@@ -152,6 +157,28 @@ impl Checker {
                     None
                 }
             };
+            let time_zone = match &col.time_zone {
+                None => Some(None),
+                Some(zone) => match TimeZone::parse(zone) {
+                    Ok(zone) => Some(Some(zone)),
+                    Err(reason) => {
+                        self.problems.push(Problem::BadTimeZone {
+                            at: col_at.clone(),
+                            reason,
+                        });
+                        None
+                    }
+                },
+            };
+            if let (Some(Some(_)), Some(sql_type)) = (&time_zone, &sql_type) {
+                if !sql_type.as_str().starts_with("timestamp") || sql_type.as_str().ends_with("[]")
+                {
+                    self.problems.push(Problem::TimeZoneType {
+                        at: col_at.clone(),
+                        sql_type: sql_type.to_string(),
+                    });
+                }
+            }
             if let Some(name) = &name {
                 if !seen.insert(name.clone()) {
                     self.problems.push(Problem::DuplicateColumn {
@@ -160,12 +187,15 @@ impl Checker {
                     });
                 }
             }
-            if let (Some(name), Some(sql_type), Some(default)) = (name, sql_type, default) {
+            if let (Some(name), Some(sql_type), Some(default), Some(time_zone)) =
+                (name, sql_type, default, time_zone)
+            {
                 out.push(ColumnSpec {
                     name,
                     sql_type,
                     nullable: col.nullable,
                     default,
+                    time_zone,
                 });
             }
         }
@@ -392,6 +422,13 @@ impl Checker {
                 });
             }
         }
+        let tenant_column = raw
+            .tenant_column
+            .as_deref()
+            .and_then(|t| self.ident("readings tenant_column", t));
+        if let Some(column) = &tenant_column {
+            self.subset(at, "tenant_column", std::slice::from_ref(column), &columns);
+        }
         let after_upload = match raw.after_upload.as_deref().unwrap_or("delete") {
             "delete" => Some(AfterUpload::Delete),
             "mark" => Some(AfterUpload::Mark),
@@ -410,6 +447,7 @@ impl Checker {
             order_by,
             dedupe_key,
             after_upload: after_upload?,
+            tenant_column,
         })
     }
 }

@@ -1,9 +1,10 @@
 //! Statements of the download engine. `stage` is the local temporary table that holds the
 //! remote rows of one entity for the run; `t` is the local table, `s` the stage.
 
+use crate::convert::Conversion;
 use crate::profile::{quote_ident, EntitySpec, Ident, OnMissing, RemoteSource, TenantId};
 
-use super::column_list;
+use super::{column_list, converted_columns};
 
 /// The stage's name for an entity (temporary, dropped at commit).
 pub fn stage_name(entity: &EntitySpec) -> String {
@@ -26,9 +27,15 @@ fn moved_columns(entity: &EntitySpec) -> String {
 /// The remote `SELECT` of an entity's columns in profile order, then the row version,
 /// restricted to the tenant. `versioned`: the remote source is a table, whose `xmin` changes
 /// with every update of a row. A profile query is wrapped so its output columns must carry the
-/// profile's names.
-pub fn remote_select(entity: &EntitySpec, tenant: &TenantId, versioned: bool) -> String {
-    let columns = column_list(entity.columns.iter().map(|c| &c.name));
+/// profile's names. Each column is read through its `conversions` entry (the type rule's, so
+/// the rows arrive in the local types; empty: as they are).
+pub fn remote_select(
+    entity: &EntitySpec,
+    tenant: &TenantId,
+    versioned: bool,
+    conversions: &[Conversion],
+) -> String {
+    let columns = converted_columns(&entity.columns, conversions);
     let version = if versioned {
         format!("xmin::text::bigint as {}", quote_ident(VERSION_COLUMN))
     } else {
@@ -127,12 +134,18 @@ fn name_text(entity: &EntitySpec, alias: &str) -> String {
     }
 }
 
-/// The condition that every reference of the row aliased `alias` exists locally.
-fn references_exist(
-    entity: &EntitySpec,
-    targets: &[(&Ident, &EntitySpec)],
-    alias: &str,
-) -> Option<String> {
+/// An entity that others may reference, as the run sees it: its spec, and whether it has rows
+/// to delete that are collected but not removed yet (removals run children first, after every
+/// insert and update, so a row that is about to go no longer counts as present).
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    pub spec: &'a EntitySpec,
+    pub deleting: bool,
+}
+
+/// The condition that every reference of the row aliased `alias` exists locally and is not
+/// about to be deleted.
+fn references_exist(entity: &EntitySpec, targets: &[Target<'_>], alias: &str) -> Option<String> {
     if entity.references.is_empty() {
         return None;
     }
@@ -140,7 +153,7 @@ fn references_exist(
         .references
         .iter()
         .filter_map(|r| {
-            let target = targets.iter().find(|(name, _)| **name == r.entity)?.1;
+            let target = targets.iter().find(|t| t.spec.name == r.entity)?;
             let on = r
                 .columns
                 .iter()
@@ -148,9 +161,18 @@ fn references_exist(
                 .map(|(mine, theirs)| format!("r.{} = {alias}.{}", theirs.quoted(), mine.quoted()))
                 .collect::<Vec<_>>()
                 .join(" and ");
+            let staying = if target.deleting {
+                format!(
+                    " and not exists (select 1 from {} g where {})",
+                    gone_name(target.spec),
+                    key_join(target.spec, "g", "r")
+                )
+            } else {
+                String::new()
+            };
             Some(format!(
-                "exists (select 1 from {} r where {on})",
-                target.table.quoted()
+                "exists (select 1 from {} r where {on}{staying})",
+                target.spec.table.quoted()
             ))
         })
         .collect();
@@ -160,7 +182,7 @@ fn references_exist(
 /// Removes stage rows whose references are missing locally, returning their keys: they are
 /// skipped (never inserted; an existing local row with a dangling reference is then handled
 /// as missing). `None` when the entity has no references.
-pub fn skip_unreferenced(entity: &EntitySpec, targets: &[(&Ident, &EntitySpec)]) -> Option<String> {
+pub fn skip_unreferenced(entity: &EntitySpec, targets: &[Target<'_>]) -> Option<String> {
     let exists = references_exist(entity, targets, "s")?;
     Some(format!(
         "delete from {} s where not ({exists}) returning {}",
@@ -169,22 +191,90 @@ pub fn skip_unreferenced(entity: &EntitySpec, targets: &[(&Ident, &EntitySpec)])
     ))
 }
 
-/// Local rows whose key is not in `present` (the stage, or the hash stage of the diff path):
-/// deleted or deactivated per `on_missing`, returning their keys. `None` for `keep`.
-pub fn apply_missing(entity: &EntitySpec, present: &str) -> Option<String> {
-    let absent = format!(
-        "not exists (select 1 from {present} s where {})",
-        key_join(entity, "s", "t")
-    );
+/// The local table of keys to remove for an entity: collected before any change of the run,
+/// removed after every insert and update (children first).
+pub fn gone_name(entity: &EntitySpec) -> String {
+    quote_ident(&format!("meter_sync_gone_{}", entity.name))
+}
+
+/// Collects the keys of local rows matching `condition` (on alias `t`) that `on_missing`
+/// removes: all of them to delete, the active ones to deactivate. `None` for `keep`.
+fn collect(entity: &EntitySpec, condition: &str) -> Option<String> {
+    let active = match &entity.on_missing {
+        OnMissing::Keep => return None,
+        OnMissing::Delete => String::new(),
+        OnMissing::Deactivate { column } => {
+            format!("t.{} is distinct from false and ", column.quoted())
+        }
+    };
+    Some(format!(
+        "create temporary table {} on commit drop as select {} from {} t where {active}{condition}",
+        gone_name(entity),
+        entity
+            .key
+            .iter()
+            .map(|k| format!("t.{}", k.quoted()))
+            .collect::<Vec<_>>()
+            .join(", "),
+        entity.table.quoted()
+    ))
+}
+
+/// Collects the local rows whose key is not in `present` (every remote row was staged there).
+pub fn collect_missing(entity: &EntitySpec, present: &str) -> Option<String> {
+    collect(
+        entity,
+        &format!(
+            "not exists (select 1 from {present} s where {})",
+            key_join(entity, "s", "t")
+        ),
+    )
+}
+
+/// Collects the local rows the diff marks gone.
+pub fn collect_gone(entity: &EntitySpec) -> Option<String> {
+    collect(
+        entity,
+        &format!(
+            "exists (select 1 from {} d where d.gone and {})",
+            diff_name(entity),
+            key_join(entity, "d", "t")
+        ),
+    )
+}
+
+/// How many rows the entity's collected removals touch.
+pub fn count_gone(entity: &EntitySpec) -> String {
+    format!("select count(*) from {}", gone_name(entity))
+}
+
+/// How many local rows stay (active ones, for `deactivate`) once the collected ones go.
+pub fn count_staying(entity: &EntitySpec) -> String {
+    let active = match &entity.on_missing {
+        OnMissing::Deactivate { column } => format!("t.{} and ", column.quoted()),
+        _ => String::new(),
+    };
+    format!(
+        "select count(*) from {} t where {active}not exists (select 1 from {} g where {})",
+        entity.table.quoted(),
+        gone_name(entity),
+        key_join(entity, "g", "t")
+    )
+}
+
+/// Deletes or deactivates the collected rows, returning their keys.
+pub fn remove_gone(entity: &EntitySpec) -> Option<String> {
+    let gone = gone_name(entity);
+    let join = key_join(entity, "t", "g");
     match &entity.on_missing {
         OnMissing::Keep => None,
         OnMissing::Delete => Some(format!(
-            "delete from {} t where {absent} returning {}",
+            "delete from {} t using {gone} g where {join} returning {}",
             entity.table.quoted(),
             key_text(entity, "t")
         )),
         OnMissing::Deactivate { column } => Some(format!(
-            "update {} t set {c} = false where t.{c} is distinct from false and {absent} returning {}",
+            "update {} t set {c} = false from {gone} g where {join} and t.{c} is distinct from false returning {}",
             entity.table.quoted(),
             key_text(entity, "t"),
             c = column.quoted()
@@ -326,10 +416,7 @@ pub fn add_constraint(table: &crate::profile::TableName, name: &str, definition:
 }
 
 /// Cold path: removes just-copied rows whose references are missing, returning their keys.
-pub fn delete_unreferenced(
-    entity: &EntitySpec,
-    targets: &[(&Ident, &EntitySpec)],
-) -> Option<String> {
+pub fn delete_unreferenced(entity: &EntitySpec, targets: &[Target<'_>]) -> Option<String> {
     let exists = references_exist(entity, targets, "t")?;
     Some(format!(
         "delete from {} t where not ({exists}) returning {}",
@@ -439,7 +526,12 @@ fn row_hash(entity: &EntitySpec, alias: &str, kind: ChangeCheck) -> String {
 }
 
 /// The remote side of the diff: each row's key and hash, tenant-filtered like the rows.
-pub fn remote_hash_select(entity: &EntitySpec, tenant: &TenantId, kind: ChangeCheck) -> String {
+pub fn remote_hash_select(
+    entity: &EntitySpec,
+    tenant: &TenantId,
+    kind: ChangeCheck,
+    conversions: &[Conversion],
+) -> String {
     let keys = entity
         .key
         .iter()
@@ -449,7 +541,7 @@ pub fn remote_hash_select(entity: &EntitySpec, tenant: &TenantId, kind: ChangeCh
     format!(
         "select {keys}, {} from ({}) r",
         row_hash(entity, "r", kind),
-        remote_select(entity, tenant, kind == ChangeCheck::Version)
+        remote_select(entity, tenant, kind == ChangeCheck::Version, conversions)
     )
 }
 
@@ -549,32 +641,13 @@ pub fn drop_diff_tables(entity: &EntitySpec) -> String {
     )
 }
 
-/// Local rows the diff marks gone: deleted or deactivated per `on_missing`, returning keys.
-pub fn apply_gone(entity: &EntitySpec) -> Option<String> {
-    let gone = format!("d.gone and {}", key_join(entity, "t", "d"));
-    let diff = diff_name(entity);
-    match &entity.on_missing {
-        OnMissing::Keep => None,
-        OnMissing::Delete => Some(format!(
-            "delete from {} t using {diff} d where {gone} returning {}",
-            entity.table.quoted(),
-            key_text(entity, "t")
-        )),
-        OnMissing::Deactivate { column } => Some(format!(
-            "update {} t set {c} = false from {diff} d where {gone} and t.{c} is distinct from false returning {}",
-            entity.table.quoted(),
-            key_text(entity, "t"),
-            c = column.quoted()
-        )),
-    }
-}
-
 /// The remote rows with the given keys: binds one `text[]` per key column, each element cast
 /// to the key column's remote type (`key_types`, catalog type names).
 pub fn remote_select_by_keys(
     entity: &EntitySpec,
     tenant: &TenantId,
     versioned: bool,
+    conversions: &[Conversion],
     key_types: &[&str],
 ) -> String {
     let tuple = entity
@@ -591,16 +664,13 @@ pub fn remote_select_by_keys(
         .join(", ");
     format!(
         "select r.* from ({}) r where ({tuple}) in (select * from unnest({arrays}))",
-        remote_select(entity, tenant, versioned)
+        remote_select(entity, tenant, versioned, conversions)
     )
 }
 
 /// Diff path, fetched rows: removes stage rows whose references are missing and marks their
 /// keys gone (an existing local row is then handled as missing); returns keys.
-pub fn skip_unreferenced_fetched(
-    entity: &EntitySpec,
-    targets: &[(&Ident, &EntitySpec)],
-) -> Option<String> {
+pub fn skip_unreferenced_fetched(entity: &EntitySpec, targets: &[Target<'_>]) -> Option<String> {
     let exists = references_exist(entity, targets, "s")?;
     Some(format!(
         "with skipped as (delete from {stage} s where not ({exists}) returning {skeys})
@@ -626,10 +696,7 @@ insert into {diff} as d ({keys}, gone) select {skeys2}, true from skipped s retu
 
 /// Diff path, unchanged rows: a row equal on both sides whose reference is now missing locally
 /// is skipped too (marked gone); returns keys.
-pub fn skip_unreferenced_unchanged(
-    entity: &EntitySpec,
-    targets: &[(&Ident, &EntitySpec)],
-) -> Option<String> {
+pub fn skip_unreferenced_unchanged(entity: &EntitySpec, targets: &[Target<'_>]) -> Option<String> {
     let exists = references_exist(entity, targets, "t")?;
     Some(format!(
         "insert into {diff} as d ({keys}, gone)
@@ -735,26 +802,47 @@ mod tests {
     #[test]
     fn remote_select_filters_by_tenant_literal() {
         let tenant = TenantId::parse("42").unwrap();
-        let sql = remote_select(&default_entity("register"), &tenant, true);
+        let sql = remote_select(&default_entity("register"), &tenant, true, &[]);
         assert_eq!(
             sql,
             "select \"id\", \"name\", \"register\", \"unit\", \"field_name\", xmin::text::bigint as \"meter_sync_version\" from \"register\" where \"tenant_id\" = '42'"
         );
-        let dr = remote_select(&default_entity("device_register"), &tenant, false);
+        let dr = remote_select(&default_entity("device_register"), &tenant, false, &[]);
         assert!(dr.starts_with("select \"id\", \"device_id\", \"register_id\", \"created_at\", \"updated_at\", null::bigint as \"meter_sync_version\" from (\n"), "{dr}");
         assert!(dr.contains("where r.tenant_id = '42'"), "{dr}");
     }
 
     #[test]
     fn missing_rows_follow_on_missing() {
-        let meter = apply_missing(&default_entity("meter"), "\"stage\"").unwrap();
-        assert!(meter.starts_with("update \"meter\" t set \"active\" = false where t.\"active\" is distinct from false"), "{meter}");
-        let register = apply_missing(&default_entity("register"), "\"stage\"").unwrap();
+        let meter = collect_missing(&default_entity("meter"), "\"stage\"").unwrap();
         assert!(
-            register.starts_with("delete from \"register\" t where not exists"),
+            meter.contains(
+                "from \"meter\" t where t.\"active\" is distinct from false and not exists"
+            ),
+            "{meter}"
+        );
+        let meter = remove_gone(&default_entity("meter")).unwrap();
+        assert!(
+            meter.starts_with(
+                "update \"meter\" t set \"active\" = false from \"meter_sync_gone_meter\" g"
+            ),
+            "{meter}"
+        );
+        let register = collect_missing(&default_entity("register"), "\"stage\"").unwrap();
+        assert!(
+            register.contains("from \"register\" t where not exists"),
             "{register}"
         );
-        assert_eq!(apply_missing(&default_entity("tenant"), "\"stage\""), None);
+        let register = remove_gone(&default_entity("register")).unwrap();
+        assert!(
+            register.starts_with("delete from \"register\" t using \"meter_sync_gone_register\" g"),
+            "{register}"
+        );
+        assert_eq!(
+            collect_missing(&default_entity("tenant"), "\"stage\""),
+            None
+        );
+        assert_eq!(remove_gone(&default_entity("tenant")), None);
     }
 
     #[test]
@@ -778,8 +866,14 @@ mod tests {
     fn references_become_exists_checks_on_local_tables() {
         let profile = Profile::builtin_default().unwrap();
         let dr = profile.entity("device_register").unwrap();
-        let targets: Vec<(&Ident, &EntitySpec)> =
-            profile.entities.iter().map(|e| (&e.name, e)).collect();
+        let targets: Vec<Target<'_>> = profile
+            .entities
+            .iter()
+            .map(|spec| Target {
+                spec,
+                deleting: spec.name.as_str() == "register",
+            })
+            .collect();
         let sql = skip_unreferenced(dr, &targets).unwrap();
         assert!(
             sql.contains(
@@ -789,7 +883,7 @@ mod tests {
         );
         assert!(
             sql.contains(
-                "exists (select 1 from \"register\" r where r.\"id\" = s.\"register_id\")"
+                "exists (select 1 from \"register\" r where r.\"id\" = s.\"register_id\" and not exists (select 1 from \"meter_sync_gone_register\" g where g.\"id\" = r.\"id\"))"
             ),
             "{sql}"
         );

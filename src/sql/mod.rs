@@ -9,8 +9,9 @@ mod upload;
 pub use download::*;
 pub use upload::*;
 
+use crate::convert::Conversion;
 use crate::profile::{
-    ColumnSpec, DefaultValue, EntitySpec, Ident, ReadingsSpec, SqlType, TableName,
+    quote_ident, ColumnSpec, DefaultValue, EntitySpec, Ident, ReadingsSpec, SqlType, TableName,
 };
 
 /// `"a", "b", "c"`.
@@ -18,6 +19,36 @@ pub fn column_list<'a>(names: impl IntoIterator<Item = &'a Ident>) -> String {
     names
         .into_iter()
         .map(Ident::quoted)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `expression` converted by the type rule's `conversion`: as it is, cast to the target's type
+/// (`expression::"int8"`), or through the declared zone (`(expression at time zone 'UTC')`).
+pub fn convert(expression: String, conversion: &Conversion) -> String {
+    match conversion {
+        Conversion::None => expression,
+        Conversion::Cast(target) => format!("({expression})::{}", quote_ident(target)),
+        Conversion::AtTimeZone(zone) => format!("({expression} at time zone {})", zone.literal()),
+    }
+}
+
+/// The columns, each read through its conversion (`conversions` in column order; missing ones
+/// pass as they are) and named as the column: the select list the target's types expect.
+pub fn converted_columns(columns: &[ColumnSpec], conversions: &[Conversion]) -> String {
+    columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| match conversions.get(i) {
+            Some(conversion @ (Conversion::Cast(_) | Conversion::AtTimeZone(_))) => {
+                format!(
+                    "{} as {}",
+                    convert(c.name.quoted(), conversion),
+                    c.name.quoted()
+                )
+            }
+            _ => c.name.quoted(),
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -63,6 +94,7 @@ pub fn entity_local_columns(entity: &EntitySpec) -> Vec<ColumnSpec> {
         sql_type: SqlType::constant("bigint"),
         nullable: true,
         default: None,
+        time_zone: None,
     }];
     columns.extend(entity.columns.iter().cloned());
     columns
@@ -78,6 +110,7 @@ pub fn readings_local_columns() -> Vec<ColumnSpec> {
         sql_type: SqlType::constant(ty),
         nullable,
         default,
+        time_zone: None,
     };
     vec![
         col(
