@@ -165,7 +165,7 @@ fn main() {
                 );
                 let pools = Pools::new(&config).unwrap();
                 reset_peak_rss();
-                let (report, took) = timed(meter_sync::upload::run(&pools, meter_sync::cycle::upload_request(&config, readings))).await;
+                let (report, took) = timed(meter_sync::upload::run(&pools, meter_sync::cycle::upload_request(&config, &profile, readings))).await;
                 let rss = peak_rss_mib();
                 assert!(report.success(), "{:?}", report.error);
                 assert_eq!(report.uploaded as i64, rows);

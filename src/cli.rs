@@ -522,7 +522,7 @@ async fn upload(config: &Config, profile: &Profile, json: bool) -> ExitCode {
         Err(code) => return code,
     };
     let progress = crate::progress::Progress::upload(&pools, readings).await;
-    let report = upload::run(&pools, cycle::upload_request(config, readings)).await;
+    let report = upload::run(&pools, cycle::upload_request(config, profile, readings)).await;
     progress.finish();
     release(lock).await;
     if json {

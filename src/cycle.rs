@@ -79,11 +79,14 @@ impl SyncCycleResult {
 
 /// The upload settings of a configuration.
 pub fn upload_request<'a>(
-    config: &Config,
+    config: &'a Config,
+    profile: &'a Profile,
     readings: &'a ReadingsSpec,
 ) -> upload::UploadRequest<'a> {
     upload::UploadRequest {
         readings,
+        tenant: config.tenant_id.as_ref(),
+        profile,
         batch_size: config.batch_size,
         max_batches: config.max_batches_per_run,
         workers: config.upload_workers_for(config.batch_size),
@@ -129,7 +132,7 @@ pub async fn run(
         (Some(readings), true) => {
             let request = upload::UploadRequest {
                 deadline,
-                ..upload_request(config, readings)
+                ..upload_request(config, profile, readings)
             };
             Some(upload::run(pools, request).await)
         }

@@ -19,5 +19,6 @@ mod privilege;
 mod runtime;
 mod service;
 mod tls;
+mod types;
 mod upload;
 mod upload_props;

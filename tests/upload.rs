@@ -322,12 +322,13 @@ async fn a_remote_outage_mid_run_loses_nothing_and_the_next_run_completes() {
     let original = rows_text(&local, READINGS_MULTISET).await;
     let run = {
         let pools = crate::support::pools(&env);
-        let readings = profile.readings.clone().unwrap();
+        let profile = profile.clone();
         let config = env.config.clone();
         tokio::spawn(async move {
+            let readings = profile.readings.as_ref().unwrap();
             meter_sync::upload::run(
                 &pools,
-                meter_sync::cycle::upload_request(&config, &readings),
+                meter_sync::cycle::upload_request(&config, &profile, readings),
             )
             .await
         })
@@ -416,7 +417,7 @@ async fn upload_status_and_quarantine_commands_work_end_to_end() {
 /// prepares it, for a batch of 100 after the first reading.
 async fn claim_plan(client: &tokio_postgres::Client, profile: &Profile) -> String {
     let readings = profile.readings.as_ref().unwrap();
-    let claim = meter_sync::sql::claim_and_remove_after(readings);
+    let claim = meter_sync::sql::claim_and_remove_after(readings, &Default::default());
     client
         .batch_execute(&format!("prepare claim_plan as {claim}"))
         .await

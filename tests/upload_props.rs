@@ -112,7 +112,7 @@ fn prop_004_1_a_batch_takes_at_most_batch_size_oldest_first() {
             let spec = db.profile.readings.as_ref().unwrap();
             let report = meter_sync::upload::run(
                 &crate::support::pools(&db.env),
-                meter_sync::cycle::upload_request(&config, spec),
+                meter_sync::cycle::upload_request(&config, &db.profile, spec),
             )
             .await;
             assert!(report.success(), "{report:#?}");
@@ -145,7 +145,7 @@ fn prop_004_2_uploaded_readings_are_exactly_the_deleted_ones() {
                 let spec = db.profile.readings.as_ref().unwrap();
                 let report = meter_sync::upload::run(
                     &crate::support::pools(&db.env),
-                    meter_sync::cycle::upload_request(&config, spec),
+                    meter_sync::cycle::upload_request(&config, &db.profile, spec),
                 )
                 .await;
                 assert!(report.success());
@@ -189,7 +189,7 @@ fn prop_004_3_a_failing_batch_changes_nothing() {
             config.batch_size = batch;
             config.upload_workers = Some(1);
             let spec = db.profile.readings.as_ref().unwrap();
-            let report = meter_sync::upload::run(&crate::support::pools(&db.env), meter_sync::cycle::upload_request(&config, spec)).await;
+            let report = meter_sync::upload::run(&crate::support::pools(&db.env), meter_sync::cycle::upload_request(&config, &db.profile, spec)).await;
             let on_remote = rows_text(&remote, READINGS_MULTISET).await;
             assert_eq!(on_remote.len() as u64, report.uploaded);
             if report.error.is_some() {
@@ -226,9 +226,11 @@ fn prop_004_4_readings_stay_queued_when_the_remote_is_unreachable() {
             config.remote.port = meter_sync::pgcluster::free_port().unwrap();
             let pools = meter_sync::pg::Pools::new(&config).unwrap();
             let spec = db.profile.readings.as_ref().unwrap();
-            let report =
-                meter_sync::upload::run(&pools, meter_sync::cycle::upload_request(&config, spec))
-                    .await;
+            let report = meter_sync::upload::run(
+                &pools,
+                meter_sync::cycle::upload_request(&config, &db.profile, spec),
+            )
+            .await;
             if !readings.is_empty() {
                 assert!(!report.success());
                 assert!(
@@ -282,7 +284,7 @@ fn prop_004_5_retryable_failures_retry_with_exponential_backoff() {
             config.upload_workers = Some(1);
             let spec = db.profile.readings.as_ref().unwrap();
             let started = Instant::now();
-            let report = meter_sync::upload::run(&crate::support::pools(&db.env), meter_sync::cycle::upload_request(&config, spec)).await;
+            let report = meter_sync::upload::run(&crate::support::pools(&db.env), meter_sync::cycle::upload_request(&config, &db.profile, spec)).await;
             let elapsed = started.elapsed();
             let waits = failures.min(retries);
             let minimum: Duration = (0..waits).map(|n| Duration::from_millis(20 * 2u64.pow(n))).sum();

@@ -109,21 +109,6 @@ pub fn on_remote(context: &'static str) -> impl Fn(tokio_postgres::Error) -> PgE
     move |e| PgError::query("remote", context, e)
 }
 
-/// Columns whose types differ between a remote and a local statement of the same columns, as
-/// `name: remote TYPE, local TYPE` (binary COPY between them needs equal types).
-pub fn type_mismatches(
-    remote: &tokio_postgres::Statement,
-    local: &tokio_postgres::Statement,
-) -> Vec<String> {
-    remote
-        .columns()
-        .iter()
-        .zip(local.columns())
-        .filter(|(r, l)| r.type_() != l.type_())
-        .map(|(r, l)| format!("{}: remote {}, local {}", l.name(), r.type_(), l.type_()))
-        .collect()
-}
-
 /// The retry rule: SQLSTATE classes 08 (connection), 40 (transaction rollback: serialization,
 /// deadlock), 53 (insufficient resources), 57 (operator intervention: shutdown, cancel), and
 /// errors with no SQLSTATE that come from I/O or a closed connection. A TLS failure (a

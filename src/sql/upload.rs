@@ -2,7 +2,8 @@
 //! uploaded (locked with `FOR UPDATE SKIP LOCKED`); the remote stage holds the batch's rows on
 //! the remote until they are inserted.
 
-use crate::profile::{quote_ident, Ident, ReadingsSpec};
+use crate::convert::Conversion;
+use crate::profile::{quote_ident, Ident, ReadingsSpec, TenantId};
 
 use super::column_list;
 
@@ -13,14 +14,91 @@ fn uploaded(readings: &ReadingsSpec) -> String {
     column_list(readings.columns.iter().map(|c| &c.name))
 }
 
+/// How the claims read the uploaded columns for the remote: each through the type rule's
+/// conversion, the tenant column (`tenant_column`) stamped with the site's tenant where it is
+/// NULL; and which readings they may claim: never one of another tenant.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outgoing {
+    /// Per uploaded column, in order (missing: as it is).
+    pub conversions: Vec<Conversion>,
+    /// The site's tenant, when the readings carry a tenant column.
+    pub tenant: Option<TenantId>,
+}
+
+impl Outgoing {
+    /// The tenant column and the site's tenant, when both are set.
+    fn tenant<'a>(&'a self, readings: &'a ReadingsSpec) -> Option<(&'a Ident, &'a TenantId)> {
+        readings.tenant_column.as_ref().zip(self.tenant.as_ref())
+    }
+
+    /// The uploaded columns as the remote receives them, named as the columns.
+    fn columns(&self, readings: &ReadingsSpec) -> String {
+        readings
+            .columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let name = c.name.quoted();
+                let value = match self.tenant(readings) {
+                    Some((column, tenant)) if *column == c.name => {
+                        format!("coalesce({name}, {})", tenant.literal())
+                    }
+                    _ => name.clone(),
+                };
+                let value =
+                    super::convert(value, self.conversions.get(i).unwrap_or(&Conversion::None));
+                if value == name {
+                    name
+                } else {
+                    format!("{value} as {name}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The condition of a reading the claims may take: queued, and of this site's tenant (or
+    /// none) when the readings carry one.
+    fn claimable(&self, readings: &ReadingsSpec) -> String {
+        match self.tenant(readings) {
+            Some((column, tenant)) => format!(
+                "{QUEUED} and ({c} is null or {c} = {t})",
+                c = column.quoted(),
+                t = tenant.literal()
+            ),
+            None => QUEUED.to_string(),
+        }
+    }
+}
+
+/// Quarantines queued readings of another tenant than `tenant` (they are never sent: a site
+/// must not write another customer's readings), with the reason, returning id and reason.
+pub fn quarantine_other_tenants(
+    readings: &ReadingsSpec,
+    column: &Ident,
+    tenant: &TenantId,
+) -> String {
+    format!(
+        "update {table} set quarantined_at = now(), sync_attempts = sync_attempts + 1,
+    sync_error = 'reading of tenant ' || {c}::text || '; this site is tenant ' || {t}
+where {QUEUED} and {c} is not null and {c} <> {t}
+returning {id}, sync_error",
+        table = readings.table.quoted(),
+        c = column.quoted(),
+        t = tenant.literal(),
+        id = readings.id_column.quoted(),
+    )
+}
+
 /// Claims one batch: up to `$1` queued readings, oldest first, locked (`FOR UPDATE SKIP
 /// LOCKED`, so a concurrent uploader skips them) until the local transaction ends; the local
 /// id, then the uploaded columns.
-pub fn claim_batch(readings: &ReadingsSpec) -> String {
+pub fn claim_batch(readings: &ReadingsSpec, outgoing: &Outgoing) -> String {
     format!(
-        "select {id}, {cols} from {table} where {QUEUED} order by {order} limit $1 for update skip locked",
+        "select {id}, {cols} from {table} where {queued} order by {order} limit $1 for update skip locked",
         id = readings.id_column.quoted(),
-        cols = uploaded(readings),
+        cols = outgoing.columns(readings),
+        queued = outgoing.claimable(readings),
         table = readings.table.quoted(),
         order = column_list(&readings.order_by),
     )
@@ -31,8 +109,8 @@ pub fn claim_batch(readings: &ReadingsSpec) -> String {
 /// readings, oldest first, skipping rows another uploader holds, returning the local id and
 /// the uploaded columns. It takes effect only when the local transaction commits, which
 /// happens after the remote commit.
-pub fn claim_and_remove(readings: &ReadingsSpec) -> String {
-    claim_and_remove_from(readings, false)
+pub fn claim_and_remove(readings: &ReadingsSpec, outgoing: &Outgoing) -> String {
+    claim_and_remove_from(readings, outgoing, false)
 }
 
 /// [`claim_and_remove`] starting past a position in the queue: only readings whose `order_by`
@@ -40,12 +118,12 @@ pub fn claim_and_remove(readings: &ReadingsSpec) -> String {
 /// starts in the index where the previous one ended instead of stepping again over the entries
 /// of every reading already removed this run (dead until vacuum), which made a long drain of
 /// small batches slow down as it went.
-pub fn claim_and_remove_after(readings: &ReadingsSpec) -> String {
-    claim_and_remove_from(readings, true)
+pub fn claim_and_remove_after(readings: &ReadingsSpec, outgoing: &Outgoing) -> String {
+    claim_and_remove_from(readings, outgoing, true)
 }
 
 /// Both claims return the local id, the uploaded columns, then the `order_by` key, in key order.
-fn claim_and_remove_from(readings: &ReadingsSpec, after: bool) -> String {
+fn claim_and_remove_from(readings: &ReadingsSpec, outgoing: &Outgoing, after: bool) -> String {
     let order = column_list(&readings.order_by);
     let position = if after {
         let params: Vec<String> = (0..readings.order_by.len())
@@ -56,9 +134,10 @@ fn claim_and_remove_from(readings: &ReadingsSpec, after: bool) -> String {
         String::new()
     };
     let claim = format!(
-        "select {id} from {table} where {QUEUED}{position} order by {order} limit $1 for update skip locked",
+        "select {id} from {table} where {queued}{position} order by {order} limit $1 for update skip locked",
         id = readings.id_column.quoted(),
         table = readings.table.quoted(),
+        queued = outgoing.claimable(readings),
     );
     let action = match readings.after_upload {
         crate::profile::AfterUpload::Delete => format!("delete from {}", readings.table.quoted()),
@@ -80,7 +159,7 @@ fn claim_and_remove_from(readings: &ReadingsSpec, after: bool) -> String {
          select * from claimed order by {}",
         positions.join(", "),
         id = readings.id_column.quoted(),
-        cols = uploaded(readings),
+        cols = outgoing.columns(readings),
     )
 }
 

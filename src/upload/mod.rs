@@ -34,9 +34,10 @@ pub use quarantine::{
 pub use report::{QueueStats, RejectedReading, UploadReport};
 
 use crate::cli::chain;
+use crate::convert::{self, Direction};
 use crate::logging::Steps;
 use crate::pg::{on_local, on_remote, Backoff, Deadline, PgError, Pools, RawValue, TimedOut};
-use crate::profile::{AfterUpload, Ident, ReadingsSpec};
+use crate::profile::{AfterUpload, Ident, Profile, ReadingsSpec, TenantId};
 use crate::sql;
 use crate::synclog::{self, LogEntry};
 
@@ -56,6 +57,10 @@ const REJECTED_LIMIT: usize = 1000;
 #[derive(Debug, Clone, Copy)]
 pub struct UploadRequest<'a> {
     pub readings: &'a ReadingsSpec,
+    /// `TENANT_ID`, if configured; else, when the readings carry a `tenant_column`, the
+    /// profile's local tenant table says (as for the download).
+    pub tenant: Option<&'a TenantId>,
+    pub profile: &'a Profile,
     pub batch_size: u32,
     pub max_batches: u32,
     /// Batches in flight at once (`UPLOAD_WORKERS`), each on its own pair of connections.
@@ -75,8 +80,14 @@ pub struct UploadRequest<'a> {
 pub enum UploadError {
     #[error("another upload is running on this local database")]
     AlreadyRunning,
-    #[error("remote and local readings columns differ ({0}); align the tables or the profile")]
-    TypeMismatch(String),
+    #[error("readings {table} -> remote {remote}: column types could change or refuse values on the way, so nothing was sent: {detail}. Align the tables or the profile")]
+    TypeMismatch {
+        table: String,
+        remote: String,
+        detail: String,
+    },
+    #[error(transparent)]
+    Tenant(#[from] crate::download::TenantError),
     #[error(transparent)]
     Database(#[from] PgError),
     #[error(transparent)]
@@ -107,6 +118,8 @@ type Key = Vec<RawValue>;
 /// Set-up shared by every batch of a run.
 struct Plan {
     conflict_target: Option<Vec<Ident>>,
+    /// How the claims read the readings for the remote.
+    outgoing: sql::Outgoing,
 }
 
 /// Runs one upload (draining the queue up to `max_batches`) and records it in `sync_logs`.
@@ -207,7 +220,19 @@ async fn drain(
         return Ok(());
     }
     refresh_statistics(local, readings, before.size).await;
-    let plan = plan(pools, request).await?;
+    let tenant = match &readings.tenant_column {
+        Some(_) => {
+            Some(crate::download::resolve_tenant(local, request.tenant, request.profile).await?)
+        }
+        None => None,
+    };
+    let foreign = match (&readings.tenant_column, &tenant) {
+        (Some(column), Some(tenant)) => {
+            quarantine_other_tenants(local, readings, column, tenant).await?
+        }
+        _ => Vec::new(),
+    };
+    let plan = plan(pools, request, tenant).await?;
     // Workers drain concurrently, each with its own connections; SKIP LOCKED keeps their
     // batches apart. They share the batch budget; each stops at its own short batch, all stop
     // at the first error.
@@ -216,6 +241,11 @@ async fn drain(
         stop: AtomicBool::new(false),
         tally: Mutex::new(Tally::default()),
     };
+    shared
+        .tally
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .quarantined_up_front(foreign);
     let workers = (0..request.workers.max(1)).map(|_| worker(pools, request, &plan, &shared));
     let results = futures_util::future::join_all(workers).await;
     let tally = shared
@@ -257,6 +287,18 @@ struct Tally {
 }
 
 impl Tally {
+    /// Readings of another tenant, quarantined before any batch: reported like refused ones.
+    fn quarantined_up_front(&mut self, readings: Vec<RejectedReading>) {
+        for rejected in readings {
+            tracing::warn!(id = rejected.id, error = %rejected.error, "a reading of another tenant was quarantined, not sent");
+            self.rejected_count += 1;
+            self.quarantined += 1;
+            if self.rejected.len() < REJECTED_LIMIT {
+                self.rejected.push(rejected);
+            }
+        }
+    }
+
     fn add(&mut self, outcome: BatchOutcome, duration: std::time::Duration) {
         self.batches += 1;
         self.uploaded += outcome.inserted;
@@ -402,8 +444,37 @@ async fn refresh_statistics(local: &tokio_postgres::Client, readings: &ReadingsS
     }
 }
 
-/// Checks the readings columns on both sides and looks for a unique index to dedupe on.
-async fn plan(pools: &Pools, request: UploadRequest<'_>) -> Result<Plan, UploadError> {
+/// Quarantines the queued readings of another tenant (never sent), with the reason.
+async fn quarantine_other_tenants(
+    local: &tokio_postgres::Client,
+    readings: &ReadingsSpec,
+    column: &Ident,
+    tenant: &TenantId,
+) -> Result<Vec<RejectedReading>, UploadError> {
+    let rows = local
+        .query(
+            &sql::quarantine_other_tenants(readings, column, tenant),
+            &[],
+        )
+        .await
+        .map_err(on_local("quarantine readings of another tenant"))?;
+    Ok(rows
+        .iter()
+        .map(|row| RejectedReading {
+            id: row.get(0),
+            error: row.get(1),
+            quarantined: true,
+        })
+        .collect())
+}
+
+/// Checks the readings columns on both sides (the type rule: nothing may change or be refused
+/// on the way) and looks for a unique index to dedupe on.
+async fn plan(
+    pools: &Pools,
+    request: UploadRequest<'_>,
+    tenant: Option<TenantId>,
+) -> Result<Plan, UploadError> {
     let readings = request.readings;
     let local = pools.local().await?;
     let remote = pools.remote_with_retry(request.connect).await?;
@@ -415,10 +486,17 @@ async fn plan(pools: &Pools, request: UploadRequest<'_>) -> Result<Plan, UploadE
         .prepare(&sql::readings_select(readings, true))
         .await
         .map_err(on_remote("read the remote readings columns"))?;
-    let mismatches = crate::pg::type_mismatches(&remote_stmt, &local_stmt);
-    if !mismatches.is_empty() {
-        return Err(UploadError::TypeMismatch(mismatches.join("; ")));
-    }
+    let conversions = convert::plan(
+        &readings.columns,
+        remote_stmt.columns(),
+        local_stmt.columns(),
+        Direction::Upload,
+    )
+    .map_err(|detail| UploadError::TypeMismatch {
+        table: readings.table.to_string(),
+        remote: readings.remote_table.to_string(),
+        detail,
+    })?;
     let dedupe: Vec<&str> = readings.dedupe_key.iter().map(Ident::as_str).collect();
     let target: Option<Vec<String>> = remote
         .query_opt(
@@ -440,7 +518,13 @@ async fn plan(pools: &Pools, request: UploadRequest<'_>) -> Result<Plan, UploadE
         on_conflict = conflict_target.is_some(),
         "upload dedupe strategy"
     );
-    Ok(Plan { conflict_target })
+    Ok(Plan {
+        conflict_target,
+        outgoing: sql::Outgoing {
+            conversions,
+            tenant,
+        },
+    })
 }
 
 /// The two connections of a run and its prepared statements. After any error a connection may
@@ -477,15 +561,15 @@ impl Session {
             .await
             .map_err(on_remote("create the upload stage"))?;
         let claim = local
-            .prepare(&sql::claim_batch(readings))
+            .prepare(&sql::claim_batch(readings, &plan.outgoing))
             .await
             .map_err(on_local("prepare the claim"))?;
         let claim_and_remove = local
-            .prepare(&sql::claim_and_remove(readings))
+            .prepare(&sql::claim_and_remove(readings, &plan.outgoing))
             .await
             .map_err(on_local("prepare the claim"))?;
         let claim_and_remove_after = local
-            .prepare(&sql::claim_and_remove_after(readings))
+            .prepare(&sql::claim_and_remove_after(readings, &plan.outgoing))
             .await
             .map_err(on_local("prepare the claim"))?;
         let remove = match readings.after_upload {

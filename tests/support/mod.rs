@@ -358,7 +358,7 @@ pub async fn upload_with(config: &Config, profile: &Profile) -> meter_sync::uplo
     let readings = profile.readings.as_ref().unwrap();
     meter_sync::upload::run(
         &meter_sync::pg::Pools::new(config).unwrap(),
-        meter_sync::cycle::upload_request(config, readings),
+        meter_sync::cycle::upload_request(config, profile, readings),
     )
     .await
 }
@@ -373,7 +373,16 @@ pub fn check_cases<T: std::fmt::Debug>(
     strategy: impl proptest::strategy::Strategy<Value = T>,
     case: impl Fn(T),
 ) {
-    let mut runner = proptest::test_runner::TestRunner::new(proptest_config(10));
+    check_cases_with(10, strategy, case);
+}
+
+/// [`check_cases`] with another default case count.
+pub fn check_cases_with<T: std::fmt::Debug>(
+    default_cases: u32,
+    strategy: impl proptest::strategy::Strategy<Value = T>,
+    case: impl Fn(T),
+) {
+    let mut runner = proptest::test_runner::TestRunner::new(proptest_config(default_cases));
     if let Err(e) = runner.run(&strategy, |value| {
         case(value);
         Ok(())

@@ -1,0 +1,517 @@
+//! The type rule against real clusters: for pairs of (remote type, local type) drawn from a list
+//! of column types with modifiers, and random values that fit the source type, a download or an
+//! upload either delivers every value unchanged or is refused before anything moves. Never a
+//! third outcome (a value rounded, truncated, padded or shifted through a time zone; a value
+//! refused half way).
+
+use proptest::collection::vec;
+use proptest::prelude::*;
+
+use meter_sync::profile::Profile;
+
+use crate::support::{check_cases_with, count, migrate_local, rows_text, TestEnv};
+
+/// The types of the property: integers, numerics with and without modifiers, floats, character
+/// types with lengths, times with precisions, and arrays.
+const TYPES: &[&str] = &[
+    "int2",
+    "int4",
+    "int8",
+    "numeric(6, 2)",
+    "numeric(18, 4)",
+    "numeric(10, 0)",
+    "numeric",
+    "float4",
+    "float8",
+    "varchar(10)",
+    "varchar(40)",
+    "text",
+    "char(5)",
+    "char(8)",
+    "timestamp",
+    "timestamp(3)",
+    "timestamptz",
+    "timestamptz(0)",
+    "date",
+    "boolean",
+    "int4[]",
+    "int8[]",
+    "numeric(6, 2)[]",
+    "text[]",
+    "numeric(18, 4)[]",
+];
+
+/// Indexes of related types (where most accepted pairs lie), so cases reach them often.
+const FAMILIES: &[&[usize]] = &[
+    &[0, 1, 2, 3, 4, 5, 6, 7, 8],
+    &[9, 10, 11, 12, 13],
+    &[14, 15, 16, 17],
+    &[18],
+    &[19],
+    &[20, 21, 22, 23, 24],
+];
+
+/// `n / 10^scale` written exactly.
+fn decimal(n: i64, scale: u32) -> String {
+    if scale == 0 {
+        return n.to_string();
+    }
+    let sign = if n < 0 { "-" } else { "" };
+    let digits = format!("{:0>width$}", n.unsigned_abs(), width = scale as usize + 1);
+    let (int, frac) = digits.split_at(digits.len() - scale as usize);
+    format!("{sign}{int}.{frac}")
+}
+
+fn timestamp(micros: i64, digits: usize, zone: bool) -> String {
+    let at = chrono::DateTime::from_timestamp_micros(micros)
+        .unwrap()
+        .naive_utc();
+    let text = match digits {
+        0 => at.format("%Y-%m-%d %H:%M:%S").to_string(),
+        3 => at.format("%Y-%m-%d %H:%M:%S%.3f").to_string(),
+        _ => at.format("%Y-%m-%d %H:%M:%S%.6f").to_string(),
+    };
+    if zone {
+        text + "+00"
+    } else {
+        text
+    }
+}
+
+/// 1970 to 2100, in microseconds.
+const TIME_RANGE: std::ops::Range<i64> = 0..4_102_444_800_000_000;
+
+/// A value that fits type `TYPES[i]`, as PostgreSQL reads it from text.
+fn value(i: usize) -> BoxedStrategy<String> {
+    let array = |element: BoxedStrategy<String>| {
+        vec(element, 0..4)
+            .prop_map(|items| format!("{{{}}}", items.join(",")))
+            .boxed()
+    };
+    match TYPES[i] {
+        "int2" => any::<i16>().prop_map(|n| n.to_string()).boxed(),
+        "int4" => any::<i32>().prop_map(|n| n.to_string()).boxed(),
+        "int8" => any::<i64>().prop_map(|n| n.to_string()).boxed(),
+        "numeric(6, 2)" => (-999_999i64..=999_999).prop_map(|n| decimal(n, 2)).boxed(),
+        "numeric(18, 4)" => (-(10i64.pow(18) - 1)..10i64.pow(18))
+            .prop_map(|n| decimal(n, 4))
+            .boxed(),
+        "numeric(10, 0)" => (-(10i64.pow(10) - 1)..10i64.pow(10))
+            .prop_map(|n| n.to_string())
+            .boxed(),
+        "numeric" => (any::<i64>(), 0u32..12)
+            .prop_map(|(n, s)| decimal(n, s))
+            .boxed(),
+        "float4" => any::<f32>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(|f| format!("{f:?}"))
+            .boxed(),
+        "float8" => any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(|f| format!("{f:?}"))
+            .boxed(),
+        "varchar(10)" => "[a-zA-Z0-9 é]{0,10}".boxed(),
+        "varchar(40)" => "[a-zA-Z0-9 é]{0,40}".boxed(),
+        "text" => "[a-zA-Z0-9 é'\\\\]{0,60}".boxed(),
+        "char(5)" => "[a-z ]{0,5}".boxed(),
+        "char(8)" => "[a-z ]{0,8}".boxed(),
+        "timestamp" => TIME_RANGE.prop_map(|m| timestamp(m, 6, false)).boxed(),
+        "timestamp(3)" => TIME_RANGE
+            .prop_map(|m| timestamp(m / 1000 * 1000, 3, false))
+            .boxed(),
+        "timestamptz" => TIME_RANGE.prop_map(|m| timestamp(m, 6, true)).boxed(),
+        "timestamptz(0)" => TIME_RANGE
+            .prop_map(|m| timestamp(m / 1_000_000 * 1_000_000, 0, true))
+            .boxed(),
+        "date" => (0i64..73_000)
+            .prop_map(|d| timestamp(d * 86_400_000_000, 6, false)[..10].to_string())
+            .boxed(),
+        "boolean" => any::<bool>().prop_map(|b| b.to_string()).boxed(),
+        "int4[]" => array(any::<i32>().prop_map(|n| n.to_string()).boxed()),
+        "int8[]" => array(any::<i64>().prop_map(|n| n.to_string()).boxed()),
+        "numeric(6, 2)[]" => array((-999_999i64..=999_999).prop_map(|n| decimal(n, 2)).boxed()),
+        "numeric(18, 4)[]" => array(
+            (-(10i64.pow(18) - 1)..10i64.pow(18))
+                .prop_map(|n| decimal(n, 4))
+                .boxed(),
+        ),
+        "text[]" => array("[a-z]{0,5}".prop_map(|s| format!("\"{s}\"")).boxed()),
+        other => unreachable!("no values for {other}"),
+    }
+}
+
+/// One case: source and target types, whether the profile declares `time_zone = "UTC"`, and
+/// the source values (NULL among them).
+#[derive(Debug, Clone)]
+struct Case {
+    source: usize,
+    target: usize,
+    zone: bool,
+    values: Vec<Option<String>>,
+}
+
+fn cases() -> impl Strategy<Value = Case> {
+    (
+        0..TYPES.len(),
+        any::<bool>(),
+        any::<bool>(),
+        any::<prop::sample::Index>(),
+    )
+        .prop_flat_map(|(source, related, zone, pick)| {
+            let target = if related {
+                let family = FAMILIES.iter().find(|f| f.contains(&source)).unwrap();
+                family[pick.index(family.len())]
+            } else {
+                pick.index(TYPES.len())
+            };
+            (
+                Just(source),
+                Just(target),
+                Just(zone),
+                vec(prop::option::weighted(0.85, value(source)), 1..6),
+            )
+        })
+        .prop_map(|(source, target, zone, values)| Case {
+            source,
+            target,
+            zone,
+            values,
+        })
+}
+
+/// The profile column of the local type, with the zone when asked and allowed.
+fn column(name: &str, local: &str, zone: bool) -> String {
+    let zone = if zone && local.starts_with("timestamp") && !local.ends_with("[]") {
+        ", time_zone = \"UTC\""
+    } else {
+        ""
+    };
+    format!("{{ name = \"{name}\", type = \"{local}\"{zone} }}")
+}
+
+/// The per-test runtime and databases (sessions read times in UTC, the declared zone, so
+/// timestamps compare as instants).
+struct Db {
+    rt: tokio::runtime::Runtime,
+    env: TestEnv,
+}
+
+impl Db {
+    fn new(label: &str) -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let env = rt.block_on(TestEnv::with_settings(label, &[("TENANT_ID", "1")]));
+        Self { rt, env }
+    }
+
+    async fn clients(&self) -> (tokio_postgres::Client, tokio_postgres::Client) {
+        let local = self.env.local.client().await;
+        let remote = self.env.remote.client().await;
+        for client in [&local, &remote] {
+            client.batch_execute("set timezone to 'UTC'").await.unwrap();
+        }
+        (local, remote)
+    }
+}
+
+/// Fills `table` (columns `key`, `v`) on `client` with the case's values, keyed 1, 2, ...
+async fn fill(client: &tokio_postgres::Client, table: &str, key: &str, ty: &str, case: &Case) {
+    for (i, value) in case.values.iter().enumerate() {
+        let key_value = format!("{}", i + 1);
+        client
+            .execute(
+                &format!(
+                    "insert into {table} ({key}, v) values ($1::text::{}, $2::text::{ty})",
+                    if key == "id" { "bigint" } else { "text" }
+                ),
+                &[&key_value, value],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{ty} value {value:?}: {e}"));
+    }
+}
+
+/// Each target value, cast back to the source type, must read exactly as the source value.
+async fn assert_unchanged(
+    source: &tokio_postgres::Client,
+    target: &tokio_postgres::Client,
+    table: &str,
+    key: &str,
+    source_type: &str,
+    case: &Case,
+) {
+    let sent = rows_text(
+        source,
+        &format!("select {key}::text, v::text from {table} order by 1"),
+    )
+    .await;
+    let stored = rows_text(
+        target,
+        &format!("select {key}::text, (v::{source_type})::text from {table} order by 1"),
+    )
+    .await;
+    assert_eq!(sent, stored, "{case:?}: a value changed on the way");
+}
+
+/// Property cases per direction (`PROPTEST_CASES` for more).
+const CASES: u32 = 64;
+
+// The integrity issue, part 1: a download either stores every remote value unchanged or is
+// refused before anything is applied.
+#[test]
+fn a_download_stores_every_value_unchanged_or_is_refused_up_front() {
+    let db = Db::new("types_dl");
+    check_cases_with(CASES, cases(), |case| {
+        db.rt.block_on(download_case(&db, &case));
+    });
+}
+
+/// Downloads one case; true when it was accepted (and every value arrived unchanged).
+async fn download_case(db: &Db, case: &Case) -> bool {
+    {
+        {
+            let case = case.clone();
+            let (remote_ty, local_ty) = (TYPES[case.source], TYPES[case.target]);
+            let (local, remote) = db.clients().await;
+            local
+                .batch_execute("drop table if exists probe")
+                .await
+                .unwrap();
+            remote
+                .batch_execute(&format!(
+                    "drop table if exists probe; create table probe (id bigint primary key, v {remote_ty})"
+                ))
+                .await
+                .unwrap();
+            fill(&remote, "probe", "id", remote_ty, &case).await;
+            let profile = Profile::parse(
+                &format!(
+                    "[[entity]]\nname = \"probe\"\nkey = \"id\"\ncolumns = [{{ name = \"id\", type = \"bigint\", nullable = false }}, {}]\n",
+                    column("v", local_ty, case.zone)
+                ),
+                "types",
+            )
+            .unwrap();
+            migrate_local(&db.env.local, &profile).await;
+            let report = crate::support::download(&db.env, &profile, Some("1"), &[]).await;
+            let entity = report.entity("probe").unwrap();
+            match &entity.error {
+                None => {
+                    assert_unchanged(&remote, &local, "probe", "id", remote_ty, &case).await;
+                    true
+                }
+                Some(error) => {
+                    assert!(
+                        error.contains("column types could change or refuse values on the way")
+                            && error.contains(&format!("v: remote {}", short(remote_ty))),
+                        "{case:?}: a third outcome: {error}"
+                    );
+                    assert_eq!(
+                        count(&local, "probe").await,
+                        0,
+                        "{case:?}: refused, yet applied"
+                    );
+                    false
+                }
+            }
+        }
+    }
+}
+
+// The integrity issue, part 1: an upload either stores every reading's value unchanged on the
+// central or is refused before any reading is sent or removed.
+#[test]
+fn an_upload_stores_every_value_unchanged_or_is_refused_up_front() {
+    let db = Db::new("types_ul");
+    check_cases_with(CASES, (cases(), any::<bool>()), |(case, unique)| {
+        db.rt.block_on(upload_case(&db, &case, unique));
+    });
+}
+
+/// Uploads one case (`unique`: the central has a unique index on the dedupe key); true when it
+/// was accepted (and every value arrived unchanged).
+async fn upload_case(db: &Db, case: &Case, unique: bool) -> bool {
+    {
+        {
+            let case = case.clone();
+            let (local_ty, remote_ty) = (TYPES[case.source], TYPES[case.target]);
+            let (local, remote) = db.clients().await;
+            local
+                .batch_execute("drop table if exists probe")
+                .await
+                .unwrap();
+            // With a unique index the batch is copied straight into the table; without, it
+            // goes through the stage and an anti-join.
+            let index = if unique { ", unique (meter_id)" } else { "" };
+            remote
+                .batch_execute(&format!(
+                    "drop table if exists probe; create table probe (meter_id text not null, v {remote_ty}{index})"
+                ))
+                .await
+                .unwrap();
+            let profile = Profile::parse(
+                &format!(
+                    "[readings]\ntable = \"probe\"\norder_by = \"id\"\ndedupe_key = \"meter_id\"\ncolumns = [{{ name = \"meter_id\", type = \"text\", nullable = false }}, {}]\n",
+                    column("v", local_ty, case.zone)
+                ),
+                "types",
+            )
+            .unwrap();
+            migrate_local(&db.env.local, &profile).await;
+            fill(&local, "probe", "meter_id", local_ty, &case).await;
+            let before = rows_text(&local, "select meter_id, v::text from probe order by 1").await;
+            let report = crate::support::upload(&db.env, &profile).await;
+            match &report.error {
+                None => {
+                    assert_eq!(
+                        count(&remote, "probe").await as usize,
+                        case.values.len(),
+                        "{case:?}: {report:?}"
+                    );
+                    assert_eq!(count(&local, "probe").await, 0, "{case:?}");
+                    // The local rows are gone: compare with what they were.
+                    let stored = rows_text(
+                        &remote,
+                        &format!("select meter_id, (v::{local_ty})::text from probe order by 1"),
+                    )
+                    .await;
+                    assert_eq!(before, stored, "{case:?}: a value changed on the way");
+                    true
+                }
+                Some(error) => {
+                    assert!(
+                        error.contains("column types could change or refuse values on the way, so nothing was sent")
+                            && error.contains(&format!("v: remote {}, local {}", short(remote_ty), short(local_ty))),
+                        "{case:?}: a third outcome: {error}"
+                    );
+                    assert_eq!(
+                        count(&remote, "probe").await,
+                        0,
+                        "{case:?}: refused, yet sent"
+                    );
+                    let after =
+                        rows_text(&local, "select meter_id, v::text from probe order by 1").await;
+                    assert_eq!(before, after, "{case:?}: refused, yet the queue changed");
+                    false
+                }
+            }
+        }
+    }
+}
+
+/// A case of the named types with these values.
+fn case(source: &str, target: &str, zone: bool, values: &[&str]) -> Case {
+    let index = |t: &str| TYPES.iter().position(|x| *x == t).unwrap();
+    Case {
+        source: index(source),
+        target: index(target),
+        zone,
+        values: values.iter().map(|v| Some(v.to_string())).collect(),
+    }
+}
+
+// The integrity issue, part 1, the pairs it names: each decided the same way in both
+// directions and on both upload paths.
+#[test]
+fn the_named_pairs_are_refused_or_converted_exactly() {
+    let db = Db::new("types_named");
+    let pairs = [
+        (
+            case("numeric(18, 4)", "numeric(6, 2)", false, &["59.9734"]),
+            false,
+        ),
+        (
+            case(
+                "numeric(6, 2)",
+                "numeric(18, 4)",
+                false,
+                &["59.97", "-9999.99"],
+            ),
+            true,
+        ),
+        (
+            case("int4", "int8", false, &["2147483647", "-2147483648"]),
+            true,
+        ),
+        (case("int8", "int4", false, &["5"]), false),
+        (
+            case("varchar(10)", "text", false, &["ten chars!", "a "]),
+            true,
+        ),
+        (case("text", "varchar(10)", false, &["short"]), false),
+        (case("float8", "numeric", false, &["0.1"]), false),
+        (case("numeric", "float8", false, &["0.1"]), false),
+        (
+            case("timestamp", "timestamptz", false, &["2024-03-31 02:30:00"]),
+            false,
+        ),
+        (
+            case(
+                "timestamp",
+                "timestamptz",
+                true,
+                &["2024-03-31 02:30:00.123456"],
+            ),
+            true,
+        ),
+        (
+            case(
+                "timestamptz",
+                "timestamp",
+                true,
+                &["2024-10-27 01:30:00+00"],
+            ),
+            true,
+        ),
+        (
+            case(
+                "timestamptz",
+                "timestamp(3)",
+                true,
+                &["2024-10-27 01:30:00.123456+00"],
+            ),
+            false,
+        ),
+        (case("int4[]", "int8[]", false, &["{1,-2}"]), true),
+        (
+            case("numeric(6, 2)[]", "numeric(18, 4)[]", false, &["{1.25}"]),
+            true,
+        ),
+        (case("char(5)", "text", false, &["ab"]), false),
+    ];
+    db.rt.block_on(async {
+        for (case, accepted) in &pairs {
+            assert_eq!(
+                download_case(&db, case).await,
+                *accepted,
+                "download {case:?}"
+            );
+            for unique in [false, true] {
+                assert_eq!(
+                    upload_case(&db, case, unique).await,
+                    *accepted,
+                    "upload {case:?}, unique index {unique}"
+                );
+            }
+        }
+    });
+}
+
+/// How the rule's messages print a type of [`TYPES`] (catalog names, no spaces).
+fn short(ty: &str) -> String {
+    let base = ty.trim_end_matches("[]");
+    let array = if base.len() < ty.len() { "[]" } else { "" };
+    let (name, modifier) = match base.split_once('(') {
+        Some((name, rest)) => (name, format!("({}", rest.replace(' ', ""))),
+        None => (base, String::new()),
+    };
+    let name = match name {
+        "char" => "bpchar",
+        "boolean" => "bool",
+        other => other,
+    };
+    format!("{name}{modifier}{array}")
+}
