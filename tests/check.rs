@@ -4,7 +4,7 @@ use std::process::Command;
 
 use crate::support::TestEnv;
 
-fn meter_sync(env: &[(String, String)], args: &[&str]) -> (i32, String, String) {
+pub(crate) fn meter_sync(env: &[(String, String)], args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_meter-sync"))
         .args(args)
         .env_clear()

@@ -12,6 +12,7 @@ mod download_props;
 mod faults;
 mod fixture;
 mod hostile;
+mod integrity;
 mod local_faults;
 mod mcp;
 mod migrate;

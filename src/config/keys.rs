@@ -168,7 +168,7 @@ pub static ALL: &[KeySpec] = &[
     key(
         "DB_STATEMENT_TIMEOUT_MS",
         Some("600000"),
-        "statement_timeout (and idle_in_transaction_session_timeout) on both databases; must exceed the longest single statement, such as the largest table's COPY over the link (0: none)",
+        "statement_timeout (and twice it as idle_in_transaction_session_timeout) on both databases; must exceed the longest single statement, such as the largest table's COPY over the link (0: none)",
     ),
     key(
         "DB_KEEPALIVES_IDLE_SECONDS",

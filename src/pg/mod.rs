@@ -192,10 +192,15 @@ pub fn driver_config(db: &DbConfig, pool: &PoolConfig) -> tokio_postgres::Config
         .ssl_mode(tls::driver_mode(db.sslmode));
     if !pool.statement_timeout.is_zero() {
         // Server-side bounds: a statement stuck on a lock or a slow plan, and a session left
-        // idle inside a transaction by a client that stalled, are ended by the server.
+        // idle inside a transaction by a client that stalled, are ended by the server. One
+        // side's transaction waits idle while the other side runs a statement (up to the
+        // statement timeout), so the idle bound is twice that: otherwise a remote statement
+        // ending at its timeout would also kill the local transaction, and with it every
+        // entity of the run.
         let ms = pool.statement_timeout.as_millis();
+        let idle = ms.saturating_mul(2);
         config.options(format!(
-            "-c statement_timeout={ms} -c idle_in_transaction_session_timeout={ms}"
+            "-c statement_timeout={ms} -c idle_in_transaction_session_timeout={idle}"
         ));
     }
     if !db.password.is_empty() {
