@@ -95,29 +95,19 @@ async fn readings_of_another_tenant_are_quarantined_never_sent() {
 }
 
 /// Four independent entities, so one's failure cannot change what the others should become.
-const FOUR: &str = r#"
-[[entity]]
-name = "alpha"
-key = "id"
-columns = [{ name = "id", type = "bigint", nullable = false }, { name = "v", type = "text" }]
-
-[[entity]]
-name = "beta"
-key = "id"
-columns = [{ name = "id", type = "bigint", nullable = false }, { name = "v", type = "text" }]
-
-[[entity]]
-name = "gamma"
-key = "id"
-columns = [{ name = "id", type = "bigint", nullable = false }, { name = "v", type = "text" }]
-
-[[entity]]
-name = "delta"
-key = "id"
-columns = [{ name = "id", type = "bigint", nullable = false }, { name = "v", type = "text" }]
-"#;
-
 const TABLES: [&str; 4] = ["alpha", "beta", "gamma", "delta"];
+
+fn four_entities() -> Profile {
+    let text: String = TABLES
+        .iter()
+        .map(|name| {
+            format!(
+                "[[entity]]\nname = \"{name}\"\nkey = \"id\"\ncolumns = [{{ name = \"id\", type = \"bigint\", nullable = false }}, {{ name = \"v\", type = \"text\" }}]\n\n"
+            )
+        })
+        .collect();
+    Profile::parse(&text, "four").unwrap()
+}
 
 /// Ways an entity fails: the set-up that breaks it and what its error must say.
 #[derive(Debug, Clone, Copy)]
@@ -167,7 +157,7 @@ impl Failure {
 // applied exactly as without the failure, and the failing one is left as it was.
 #[tokio::test]
 async fn one_failing_entity_rolls_back_alone_whatever_the_failure_and_position() {
-    let profile = Profile::parse(FOUR, "four").unwrap();
+    let profile = four_entities();
     for failure in Failure::ALL {
         for (position, failing) in TABLES.into_iter().enumerate() {
             let label = format!("alone_{position}_{failure:?}");

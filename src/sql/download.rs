@@ -231,16 +231,29 @@ pub fn collect_missing(entity: &EntitySpec, present: &str) -> Option<String> {
     )
 }
 
-/// Collects the local rows the diff marks gone.
+/// Collects the local rows the diff marks gone, driven from the diff (small) into the table
+/// through its key, never scanning the whole table.
 pub fn collect_gone(entity: &EntitySpec) -> Option<String> {
-    collect(
-        entity,
-        &format!(
-            "exists (select 1 from {} d where d.gone and {})",
-            diff_name(entity),
-            key_join(entity, "d", "t")
-        ),
-    )
+    let active = match &entity.on_missing {
+        OnMissing::Keep => return None,
+        OnMissing::Delete => String::new(),
+        OnMissing::Deactivate { column } => {
+            format!(" and t.{} is distinct from false", column.quoted())
+        }
+    };
+    Some(format!(
+        "create temporary table {} on commit drop as select {} from {} d join {} t on {} where d.gone{active}",
+        gone_name(entity),
+        entity
+            .key
+            .iter()
+            .map(|k| format!("t.{}", k.quoted()))
+            .collect::<Vec<_>>()
+            .join(", "),
+        diff_name(entity),
+        entity.table.quoted(),
+        key_join(entity, "d", "t")
+    ))
 }
 
 /// How many rows the entity's collected removals touch.
