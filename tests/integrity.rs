@@ -94,6 +94,16 @@ async fn readings_of_another_tenant_are_quarantined_never_sent() {
     assert_eq!(count(&remote, "meter_readings").await, 4);
 }
 
+/// The entities of a download that failed, in run order.
+fn failed(report: &meter_sync::download::DownloadReport) -> Vec<&str> {
+    report
+        .entities
+        .iter()
+        .filter(|e| !e.success)
+        .map(|e| e.entity.as_str())
+        .collect()
+}
+
 /// Four independent entities, so one's failure cannot change what the others should become.
 const TABLES: [&str; 4] = ["alpha", "beta", "gamma", "delta"];
 
@@ -232,13 +242,11 @@ async fn one_failing_entity_rolls_back_alone_whatever_the_failure_and_position()
             let before = rows_text(&local, &format!("select * from {failing} order by id")).await;
             let report = download(&env, &profile, Some("1"), &[]).await;
             drop(_lock);
-            let failed: Vec<&str> = report
-                .entities
-                .iter()
-                .filter(|e| !e.success)
-                .map(|e| e.entity.as_str())
-                .collect();
-            assert_eq!(failed, [failing], "{failure:?} at {position}: {report:#?}");
+            assert_eq!(
+                failed(&report),
+                [failing],
+                "{failure:?} at {position}: {report:#?}"
+            );
             let error = report.entity(failing).unwrap().error.clone().unwrap();
             assert!(
                 error.contains(&failure.expected_error(failing)),
@@ -363,13 +371,7 @@ async fn a_foreign_key_the_profile_does_not_know_fails_that_entity_alone() {
         .await
         .unwrap();
     let report = download(&env, &profile, Some("1"), &[]).await;
-    let failed: Vec<&str> = report
-        .entities
-        .iter()
-        .filter(|e| !e.success)
-        .map(|e| e.entity.as_str())
-        .collect();
-    assert_eq!(failed, ["register"], "{report:#?}");
+    assert_eq!(failed(&report), ["register"], "{report:#?}");
     let error = report.entity("register").unwrap().error.clone().unwrap();
     assert!(
         error.starts_with("cannot remove the rows of register gone remotely: local table site_note still references them (constraint site_note_register_id_fkey); nothing of register was changed"),

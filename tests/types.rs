@@ -269,54 +269,65 @@ fn a_download_stores_every_value_unchanged_or_is_refused_up_front() {
     });
 }
 
+/// The probe table's profile, `head` (the entity or readings header) and `key` (the key
+/// column) before the column `v` of the local type: the local table is dropped and migrated
+/// anew from it.
+async fn probe_profile(db: &Db, head: &str, key: &str, local_ty: &str, zone: bool) -> Profile {
+    let profile = Profile::parse(
+        &format!(
+            "{head}\ncolumns = [{key}, {}]\n",
+            column("v", local_ty, zone)
+        ),
+        "types",
+    )
+    .unwrap();
+    let local = db.env.local.client().await;
+    local
+        .batch_execute("drop table if exists probe")
+        .await
+        .unwrap();
+    migrate_local(&db.env.local, &profile).await;
+    profile
+}
+
 /// Downloads one case; true when it was accepted (and every value arrived unchanged).
 async fn download_case(db: &Db, case: &Case) -> bool {
-    {
-        {
-            let case = case.clone();
-            let (remote_ty, local_ty) = (TYPES[case.source], TYPES[case.target]);
-            let (local, remote) = db.clients().await;
-            local
-                .batch_execute("drop table if exists probe")
-                .await
-                .unwrap();
-            remote
-                .batch_execute(&format!(
-                    "drop table if exists probe; create table probe (id bigint primary key, v {remote_ty})"
-                ))
-                .await
-                .unwrap();
-            fill(&remote, "probe", "id", remote_ty, &case).await;
-            let profile = Profile::parse(
-                &format!(
-                    "[[entity]]\nname = \"probe\"\nkey = \"id\"\ncolumns = [{{ name = \"id\", type = \"bigint\", nullable = false }}, {}]\n",
-                    column("v", local_ty, case.zone)
-                ),
-                "types",
-            )
-            .unwrap();
-            migrate_local(&db.env.local, &profile).await;
-            let report = crate::support::download(&db.env, &profile, Some("1"), &[]).await;
-            let entity = report.entity("probe").unwrap();
-            match &entity.error {
-                None => {
-                    assert_unchanged(&remote, &local, "probe", "id", remote_ty, &case).await;
-                    true
-                }
-                Some(error) => {
-                    assert!(
-                        error.contains("column types could change or refuse values on the way")
-                            && error.contains(&format!("v: remote {}", short(remote_ty))),
-                        "{case:?}: a third outcome: {error}"
-                    );
-                    assert_eq!(
-                        count(&local, "probe").await,
-                        0,
-                        "{case:?}: refused, yet applied"
-                    );
-                    false
-                }
-            }
+    let (remote_ty, local_ty) = (TYPES[case.source], TYPES[case.target]);
+    let (local, remote) = db.clients().await;
+    remote
+        .batch_execute(&format!(
+            "drop table if exists probe; create table probe (id bigint primary key, v {remote_ty})"
+        ))
+        .await
+        .unwrap();
+    fill(&remote, "probe", "id", remote_ty, case).await;
+    let profile = probe_profile(
+        db,
+        "[[entity]]\nname = \"probe\"\nkey = \"id\"",
+        "{ name = \"id\", type = \"bigint\", nullable = false }",
+        local_ty,
+        case.zone,
+    )
+    .await;
+    let report = crate::support::download(&db.env, &profile, Some("1"), &[]).await;
+    let entity = report.entity("probe").unwrap();
+    match &entity.error {
+        None => {
+            assert_unchanged(&remote, &local, "probe", "id", remote_ty, case).await;
+            true
+        }
+        Some(error) => {
+            assert!(
+                error.contains("column types could change or refuse values on the way")
+                    && error.contains(&format!("v: remote {}", short(remote_ty))),
+                "{case:?}: a third outcome: {error}"
+            );
+            assert_eq!(
+                count(&local, "probe").await,
+                0,
+                "{case:?}: refused, yet applied"
+            );
+            false
         }
     }
 }
@@ -334,70 +345,64 @@ fn an_upload_stores_every_value_unchanged_or_is_refused_up_front() {
 /// Uploads one case (`unique`: the central has a unique index on the dedupe key); true when it
 /// was accepted (and every value arrived unchanged).
 async fn upload_case(db: &Db, case: &Case, unique: bool) -> bool {
-    {
-        {
-            let case = case.clone();
-            let (local_ty, remote_ty) = (TYPES[case.source], TYPES[case.target]);
-            let (local, remote) = db.clients().await;
-            local
-                .batch_execute("drop table if exists probe")
-                .await
-                .unwrap();
-            // With a unique index the batch is copied straight into the table; without, it
-            // goes through the stage and an anti-join.
-            let index = if unique { ", unique (meter_id)" } else { "" };
-            remote
-                .batch_execute(&format!(
-                    "drop table if exists probe; create table probe (meter_id text not null, v {remote_ty}{index})"
-                ))
-                .await
-                .unwrap();
-            let profile = Profile::parse(
-                &format!(
-                    "[readings]\ntable = \"probe\"\norder_by = \"id\"\ndedupe_key = \"meter_id\"\ncolumns = [{{ name = \"meter_id\", type = \"text\", nullable = false }}, {}]\n",
-                    column("v", local_ty, case.zone)
-                ),
-                "types",
+    let (local_ty, remote_ty) = (TYPES[case.source], TYPES[case.target]);
+    let (local, remote) = db.clients().await;
+    // With a unique index the batch is copied straight into the table; without, it goes
+    // through the stage and an anti-join.
+    let index = if unique { ", unique (meter_id)" } else { "" };
+    remote
+        .batch_execute(&format!(
+            "drop table if exists probe; create table probe (meter_id text not null, v {remote_ty}{index})"
+        ))
+        .await
+        .unwrap();
+    let profile = probe_profile(
+        db,
+        "[readings]\ntable = \"probe\"\norder_by = \"id\"\ndedupe_key = \"meter_id\"",
+        "{ name = \"meter_id\", type = \"text\", nullable = false }",
+        local_ty,
+        case.zone,
+    )
+    .await;
+    fill(&local, "probe", "meter_id", local_ty, case).await;
+    let before = rows_text(&local, "select meter_id, v::text from probe order by 1").await;
+    let report = crate::support::upload(&db.env, &profile).await;
+    match &report.error {
+        None => {
+            assert_eq!(
+                count(&remote, "probe").await as usize,
+                case.values.len(),
+                "{case:?}: {report:?}"
+            );
+            assert_eq!(count(&local, "probe").await, 0, "{case:?}");
+            // The local rows are gone: compare with what they were.
+            let stored = rows_text(
+                &remote,
+                &format!("select meter_id, (v::{local_ty})::text from probe order by 1"),
             )
-            .unwrap();
-            migrate_local(&db.env.local, &profile).await;
-            fill(&local, "probe", "meter_id", local_ty, &case).await;
-            let before = rows_text(&local, "select meter_id, v::text from probe order by 1").await;
-            let report = crate::support::upload(&db.env, &profile).await;
-            match &report.error {
-                None => {
-                    assert_eq!(
-                        count(&remote, "probe").await as usize,
-                        case.values.len(),
-                        "{case:?}: {report:?}"
-                    );
-                    assert_eq!(count(&local, "probe").await, 0, "{case:?}");
-                    // The local rows are gone: compare with what they were.
-                    let stored = rows_text(
-                        &remote,
-                        &format!("select meter_id, (v::{local_ty})::text from probe order by 1"),
-                    )
-                    .await;
-                    assert_eq!(before, stored, "{case:?}: a value changed on the way");
-                    true
-                }
-                Some(error) => {
-                    assert!(
-                        error.contains("column types could change or refuse values on the way, so nothing was sent")
-                            && error.contains(&format!("v: remote {}, local {}", short(remote_ty), short(local_ty))),
-                        "{case:?}: a third outcome: {error}"
-                    );
-                    assert_eq!(
-                        count(&remote, "probe").await,
-                        0,
-                        "{case:?}: refused, yet sent"
-                    );
-                    let after =
-                        rows_text(&local, "select meter_id, v::text from probe order by 1").await;
-                    assert_eq!(before, after, "{case:?}: refused, yet the queue changed");
-                    false
-                }
-            }
+            .await;
+            assert_eq!(before, stored, "{case:?}: a value changed on the way");
+            true
+        }
+        Some(error) => {
+            assert!(
+                error.contains(
+                    "column types could change or refuse values on the way, so nothing was sent"
+                ) && error.contains(&format!(
+                    "v: remote {}, local {}",
+                    short(remote_ty),
+                    short(local_ty)
+                )),
+                "{case:?}: a third outcome: {error}"
+            );
+            assert_eq!(
+                count(&remote, "probe").await,
+                0,
+                "{case:?}: refused, yet sent"
+            );
+            let after = rows_text(&local, "select meter_id, v::text from probe order by 1").await;
+            assert_eq!(before, after, "{case:?}: refused, yet the queue changed");
+            false
         }
     }
 }

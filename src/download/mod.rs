@@ -158,17 +158,14 @@ async fn run_entities(
     report: &mut DownloadReport,
 ) -> Result<(), RunError> {
     // An entity whose failure cannot be rolled back alone fails the attempt; the next attempt
-    // leaves it out (reported with its error) and redoes the others from scratch. Each attempt
-    // leaves out one more, so there are at most as many as entities, plus one.
-    let mut failed = vec![false; selected.len()];
+    // leaves it out (its report keeps the error) and redoes the others from scratch. Each
+    // attempt leaves out one more, so there are at most as many as entities, plus one.
     loop {
-        match attempt(pools, request, selected, &mut failed, report).await? {
+        match attempt(pools, request, selected, report).await? {
             Attempt::Committed => return Ok(()),
             Attempt::Again => {
-                for ((spec, entity), failed) in
-                    selected.iter().zip(&mut report.entities).zip(&failed)
-                {
-                    if !failed {
+                for (spec, entity) in selected.iter().zip(&mut report.entities) {
+                    if entity.error.is_none() {
                         *entity = EntityReport::new(spec);
                     }
                 }
@@ -185,13 +182,12 @@ enum Attempt {
     Again,
 }
 
-/// One attempt at the run, leaving out the entities marked `failed` (and marking those that
-/// fail now).
+/// One attempt at the run, leaving out the entities whose report already holds an error (and
+/// recording the errors of those that fail now).
 async fn attempt(
     pools: &Pools,
     request: DownloadRequest<'_>,
     selected: &[&EntitySpec],
-    failed: &mut [bool],
     report: &mut DownloadReport,
 ) -> Result<Attempt, RunError> {
     let backoff = request.backoff;
@@ -245,7 +241,7 @@ async fn attempt(
     // Pass 1, dependency order: check, stage, collect removals, update, insert.
     let mut removing = vec![false; selected.len()];
     for (i, (spec, entity_report)) in selected.iter().zip(report.entities.iter_mut()).enumerate() {
-        if failed[i] {
+        if entity_report.error.is_some() {
             continue;
         }
         let clock = Instant::now();
@@ -267,7 +263,6 @@ async fn attempt(
                 let message = chain(&e);
                 tracing::error!(entity = %spec.name, error = %message, "entity failed; its changes are rolled back");
                 entity_report.fail(message);
-                failed[i] = true;
                 if let Err(broken) =
                     savepoints(&ltx, &rtx, "rollback to savepoint meter_sync_entity").await
                 {
@@ -310,7 +305,6 @@ async fn attempt(
                 let message = chain(&e);
                 tracing::error!(entity = %spec.name, error = %message, "entity failed removing rows; the run starts again without it");
                 entity_report.fail(message);
-                failed[i] = true;
                 return Ok(Attempt::Again);
             }
         }
@@ -320,11 +314,9 @@ async fn attempt(
         .map_err(|e| PgError::query("local", "commit the download", e))?;
     // The snapshot was read-only; ending it cannot lose anything.
     let _ = rtx.rollback().await;
-    for (entity_report, failed) in report.entities.iter_mut().zip(failed.iter()) {
-        if !failed {
-            entity_report.success = true;
-            log_entity(entity_report);
-        }
+    for entity_report in report.entities.iter_mut().filter(|e| e.error.is_none()) {
+        entity_report.success = true;
+        log_entity(entity_report);
     }
     Ok(Attempt::Committed)
 }
@@ -849,33 +841,26 @@ async fn remove_gone(
         return Ok(());
     };
     let key_len = entity.key.len();
-    let rows = ltx
-        .query_raw(&statement, std::iter::empty::<&(dyn ToSql + Sync)>())
-        .await;
-    let mut removed = 0;
-    let result = async {
-        let rows = rows?;
-        let mut rows = pin!(rows);
-        while let Some(row) = rows.try_next().await? {
-            removed += 1;
-            keep(&mut report.removed_keys, key_of(&row, key_len));
-        }
-        Ok::<(), tokio_postgres::Error>(())
-    }
-    .await;
-    if let Err(e) = result {
-        if let Some(db) = e
-            .as_db_error()
-            .filter(|db| db.code() == &SqlState::FOREIGN_KEY_VIOLATION)
-        {
-            return Err(EntityError::StillReferenced {
+    let removed = for_each_row(ltx, &statement, "remove rows gone remotely", |row| {
+        keep(&mut report.removed_keys, key_of(&row, key_len));
+    })
+    .await
+    .map_err(|e| {
+        let referenced = match &e {
+            PgError::Query { source, .. } => source
+                .as_db_error()
+                .filter(|db| db.code() == &SqlState::FOREIGN_KEY_VIOLATION),
+            _ => None,
+        };
+        match referenced {
+            Some(db) => EntityError::StillReferenced {
                 table: entity.table.to_string(),
                 referencing: db.table().unwrap_or("?").to_string(),
                 constraint: db.constraint().unwrap_or("?").to_string(),
-            });
+            },
+            None => e.into(),
         }
-        return Err(PgError::query("local", "remove rows gone remotely", e).into());
-    }
+    })?;
     report.deleted = removed;
     ltx.batch_execute(&format!("drop table {}", sql::gone_name(entity)))
         .await

@@ -316,3 +316,42 @@ fn syntax_errors_and_unknown_fields_name_the_file() {
         ["the profile describes no entity and no readings table"]
     );
 }
+
+#[test]
+fn time_zones_and_the_readings_tenant_column_are_checked() {
+    let readings = |columns: &str, extra: &str| {
+        format!("[readings]\ntable = \"r\"\norder_by = \"id\"\ndedupe_key = \"m\"\n{extra}\ncolumns = [{{ name = \"m\", type = \"text\", nullable = false }}, {columns}]\n")
+    };
+    let ok = Profile::parse(
+        &readings(
+            r#"{ name = "at", type = "timestamp", time_zone = "UTC" }, { name = "tenant", type = "bigint" }"#,
+            "tenant_column = \"tenant\"",
+        ),
+        "test.toml",
+    )
+    .unwrap();
+    let spec = ok.readings.unwrap();
+    assert_eq!(spec.tenant_column, Some(Ident::constant("tenant")));
+    assert_eq!(
+        spec.columns[1].time_zone.as_ref().map(TimeZone::as_str),
+        Some("UTC")
+    );
+    assert_rejected(
+        &readings(
+            r#"{ name = "at", type = "timestamp", time_zone = "Europe/Berlin" }"#,
+            "",
+        ),
+        "readings column 2 (`at`): time_zone `Europe/Berlin` is not a fixed-offset time zone",
+    );
+    assert_rejected(
+        &readings(r#"{ name = "n", type = "numeric", time_zone = "UTC" }"#, ""),
+        "readings column 2 (`n`): time_zone applies to timestamp and timestamptz columns only, not numeric",
+    );
+    assert_rejected(
+        &readings(
+            r#"{ name = "v", type = "text" }"#,
+            "tenant_column = \"tenant\"",
+        ),
+        "readings: tenant_column column `tenant` is not in columns",
+    );
+}

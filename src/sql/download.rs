@@ -197,18 +197,19 @@ pub fn gone_name(entity: &EntitySpec) -> String {
     quote_ident(&format!("meter_sync_gone_{}", entity.name))
 }
 
-/// Collects the keys of local rows matching `condition` (on alias `t`) that `on_missing`
-/// removes: all of them to delete, the active ones to deactivate. `None` for `keep`.
-fn collect(entity: &EntitySpec, condition: &str) -> Option<String> {
+/// Collects the keys of local rows (alias `t`, reached through `from`) matching `condition`
+/// that `on_missing` removes: all of them to delete, the active ones to deactivate. `None` for
+/// `keep`.
+fn collect(entity: &EntitySpec, from: &str, condition: &str) -> Option<String> {
     let active = match &entity.on_missing {
         OnMissing::Keep => return None,
         OnMissing::Delete => String::new(),
         OnMissing::Deactivate { column } => {
-            format!("t.{} is distinct from false and ", column.quoted())
+            format!(" and t.{} is distinct from false", column.quoted())
         }
     };
     Some(format!(
-        "create temporary table {} on commit drop as select {} from {} t where {active}{condition}",
+        "create temporary table {} on commit drop as select {} from {from} where {condition}{active}",
         gone_name(entity),
         entity
             .key
@@ -216,7 +217,6 @@ fn collect(entity: &EntitySpec, condition: &str) -> Option<String> {
             .map(|k| format!("t.{}", k.quoted()))
             .collect::<Vec<_>>()
             .join(", "),
-        entity.table.quoted()
     ))
 }
 
@@ -224,6 +224,7 @@ fn collect(entity: &EntitySpec, condition: &str) -> Option<String> {
 pub fn collect_missing(entity: &EntitySpec, present: &str) -> Option<String> {
     collect(
         entity,
+        &format!("{} t", entity.table.quoted()),
         &format!(
             "not exists (select 1 from {present} s where {})",
             key_join(entity, "s", "t")
@@ -234,26 +235,16 @@ pub fn collect_missing(entity: &EntitySpec, present: &str) -> Option<String> {
 /// Collects the local rows the diff marks gone, driven from the diff (small) into the table
 /// through its key, never scanning the whole table.
 pub fn collect_gone(entity: &EntitySpec) -> Option<String> {
-    let active = match &entity.on_missing {
-        OnMissing::Keep => return None,
-        OnMissing::Delete => String::new(),
-        OnMissing::Deactivate { column } => {
-            format!(" and t.{} is distinct from false", column.quoted())
-        }
-    };
-    Some(format!(
-        "create temporary table {} on commit drop as select {} from {} d join {} t on {} where d.gone{active}",
-        gone_name(entity),
-        entity
-            .key
-            .iter()
-            .map(|k| format!("t.{}", k.quoted()))
-            .collect::<Vec<_>>()
-            .join(", "),
-        diff_name(entity),
-        entity.table.quoted(),
-        key_join(entity, "d", "t")
-    ))
+    collect(
+        entity,
+        &format!(
+            "{} d join {} t on {}",
+            diff_name(entity),
+            entity.table.quoted(),
+            key_join(entity, "d", "t")
+        ),
+        "d.gone",
+    )
 }
 
 /// How many rows the entity's collected removals touch.
@@ -828,11 +819,13 @@ mod tests {
     #[test]
     fn missing_rows_follow_on_missing() {
         let meter = collect_missing(&default_entity("meter"), "\"stage\"").unwrap();
-        assert!(
-            meter.contains(
-                "from \"meter\" t where t.\"active\" is distinct from false and not exists"
-            ),
-            "{meter}"
+        assert_eq!(
+            meter,
+            "create temporary table \"meter_sync_gone_meter\" on commit drop as select t.\"id\", t.\"meter_element_id\" from \"meter\" t where not exists (select 1 from \"stage\" s where s.\"id\" = t.\"id\" and s.\"meter_element_id\" = t.\"meter_element_id\") and t.\"active\" is distinct from false"
+        );
+        assert_eq!(
+            collect_gone(&default_entity("register")).unwrap(),
+            "create temporary table \"meter_sync_gone_register\" on commit drop as select t.\"id\" from \"meter_sync_diff_register\" d join \"register\" t on d.\"id\" = t.\"id\" where d.gone"
         );
         let meter = remove_gone(&default_entity("meter")).unwrap();
         assert!(

@@ -36,18 +36,27 @@ pub fn convert(expression: String, conversion: &Conversion) -> String {
 /// The columns, each read through its conversion (`conversions` in column order; missing ones
 /// pass as they are) and named as the column: the select list the target's types expect.
 pub fn converted_columns(columns: &[ColumnSpec], conversions: &[Conversion]) -> String {
+    read_columns(columns, conversions, |c| c.name.quoted())
+}
+
+/// The select list of `columns`: each column's `value` (its name, or an expression of it) read
+/// through its conversion, named as the column wherever it is not the bare column.
+pub fn read_columns(
+    columns: &[ColumnSpec],
+    conversions: &[Conversion],
+    value: impl Fn(&ColumnSpec) -> String,
+) -> String {
     columns
         .iter()
         .enumerate()
-        .map(|(i, c)| match conversions.get(i) {
-            Some(conversion @ (Conversion::Cast(_) | Conversion::AtTimeZone(_))) => {
-                format!(
-                    "{} as {}",
-                    convert(c.name.quoted(), conversion),
-                    c.name.quoted()
-                )
+        .map(|(i, c)| {
+            let name = c.name.quoted();
+            let read = convert(value(c), conversions.get(i).unwrap_or(&Conversion::None));
+            if read == name {
+                name
+            } else {
+                format!("{read} as {name}")
             }
-            _ => c.name.quoted(),
         })
         .collect::<Vec<_>>()
         .join(", ")

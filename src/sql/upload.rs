@@ -33,28 +33,13 @@ impl Outgoing {
 
     /// The uploaded columns as the remote receives them, named as the columns.
     fn columns(&self, readings: &ReadingsSpec) -> String {
-        readings
-            .columns
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                let name = c.name.quoted();
-                let value = match self.tenant(readings) {
-                    Some((column, tenant)) if *column == c.name => {
-                        format!("coalesce({name}, {})", tenant.literal())
-                    }
-                    _ => name.clone(),
-                };
-                let value =
-                    super::convert(value, self.conversions.get(i).unwrap_or(&Conversion::None));
-                if value == name {
-                    name
-                } else {
-                    format!("{value} as {name}")
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
+        let stamped = self.tenant(readings);
+        super::read_columns(&readings.columns, &self.conversions, |c| match stamped {
+            Some((column, tenant)) if *column == c.name => {
+                format!("coalesce({}, {})", c.name.quoted(), tenant.literal())
+            }
+            _ => c.name.quoted(),
+        })
     }
 
     /// The condition of a reading the claims may take: queued, and of this site's tenant (or
