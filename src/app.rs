@@ -33,7 +33,7 @@ impl App {
         let addr = listener.local_addr()?;
         let (stop, stopped) = watch::channel(false);
         let mut http_stop = stopped.clone();
-        let router = crate::http::router(service.clone());
+        let router = crate::http::router(service.clone(), addr.port());
         let server = tokio::spawn(async move {
             let shutdown = async move {
                 let _ = http_stop.wait_for(|s| *s).await;

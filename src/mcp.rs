@@ -238,12 +238,9 @@ impl ServerHandler for McpServer {
 
 /// The streamable HTTP service mounted at `/mcp`.
 pub fn http_service(service: Service) -> StreamableHttpService<McpServer, LocalSessionManager> {
-    let loopback = service.config().api_host.is_loopback();
-    let mut config = StreamableHttpServerConfig::default();
-    if !loopback {
-        // Bound beyond loopback only with API_TOKEN, which the router checks on /mcp.
-        config = config.disable_allowed_hosts();
-    }
+    // The router's guard checks Host and Origin on /mcp as on every route, with the operator's
+    // API_ALLOWED_HOSTS and API_ALLOWED_ORIGINS, so rmcp's own fixed host list is not used.
+    let config = StreamableHttpServerConfig::default().disable_allowed_hosts();
     StreamableHttpService::new(
         move || Ok(McpServer::new(service.clone())),
         Arc::new(LocalSessionManager::default()),

@@ -235,6 +235,22 @@ impl PgCluster {
         }
     }
 
+    /// Makes `role` log in over TCP with its password (SCRAM); every other role stays on trust.
+    /// The line goes ahead of the trust lines of `pg_hba.conf` and the server reloads it, which
+    /// takes effect asynchronously: callers that need it wait until a wrong password is refused.
+    pub fn require_password(&self, role: &str) -> Result<(), ClusterError> {
+        let path = self.data_dir().join("pg_hba.conf");
+        let text = std::fs::read_to_string(&path).map_err(io("cannot read pg_hba.conf"))?;
+        let line = format!("host all {role} 127.0.0.1/32 scram-sha-256\n");
+        if !text.contains(&line) {
+            std::fs::write(&path, format!("{line}{text}"))
+                .map_err(io("cannot write pg_hba.conf"))?;
+        }
+        let mut cmd = self.command("pg_ctl");
+        cmd.arg("reload").arg("-s").arg("-D").arg(self.data_dir());
+        self.run(cmd).map(|_| ())
+    }
+
     /// The last lines of the server log (for error messages and failing tests).
     pub fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(self.log_file()).unwrap_or_default();

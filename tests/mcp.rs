@@ -11,7 +11,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::support::{count, default_env_with};
 
-const TOOLS: [&str; 7] = [
+pub(crate) const TOOLS: [&str; 7] = [
     "get_meter_sync_status",
     "get_sync_logs",
     "get_sync_status",
@@ -83,7 +83,7 @@ impl Stdio_ {
     }
 }
 
-fn initialize_params() -> Value {
+pub(crate) fn initialize_params() -> Value {
     json!({
         "protocolVersion": "2025-06-18",
         "capabilities": {},
@@ -240,7 +240,7 @@ async fn a_stdio_session_lists_and_calls_every_tool() {
 }
 
 /// Posts one JSON-RPC message to `/mcp`; the answer may be JSON or a server-sent event stream.
-async fn mcp_post(
+pub(crate) async fn mcp_post(
     http: &reqwest::Client,
     url: &str,
     session: Option<&str>,

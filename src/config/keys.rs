@@ -199,6 +199,16 @@ pub static ALL: &[KeySpec] = &[
     key("API_PORT", Some("3002"), "HTTP API port (0: any free port)"),
     secret("API_TOKEN", "bearer token required on every POST when set"),
     key(
+        "API_ALLOWED_HOSTS",
+        None,
+        "Host names the API answers to besides localhost, 127.0.0.1, [::1] and API_HOST (comma-separated, each optionally name:port)",
+    ),
+    key(
+        "API_ALLOWED_ORIGINS",
+        None,
+        "origins a browser may send changes and /mcp requests from besides http://<Host>, e.g. https://meter.site behind a TLS proxy (comma-separated)",
+    ),
+    key(
         "SYNC_LOG_RETENTION_DAYS",
         Some("90"),
         "sync_logs rows older than this are deleted daily",

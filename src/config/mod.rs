@@ -5,6 +5,7 @@
 mod keys;
 mod secret;
 mod source;
+mod web;
 
 use std::fmt;
 use std::net::IpAddr;
@@ -15,6 +16,7 @@ use std::time::Duration;
 pub use keys::{KeySpec, ALL as KEYS};
 pub use secret::Secret;
 pub use source::{RawSettings, RawValue, Source, Sources};
+pub use web::{parse_authority, AllowedHost, HostName, Origin};
 
 use crate::cron::CronSchedule;
 use crate::profile::TenantId;
@@ -196,6 +198,10 @@ pub struct Config {
     pub api_host: IpAddr,
     pub api_port: u16,
     pub api_token: Option<Secret>,
+    /// `API_ALLOWED_HOSTS`: `Host` names the API answers to besides loopback and `API_HOST`.
+    pub api_allowed_hosts: Vec<AllowedHost>,
+    /// `API_ALLOWED_ORIGINS`: origins a browser may send changes from besides the service's own.
+    pub api_allowed_origins: Vec<Origin>,
     pub sync_log_retention_days: u32,
     /// The mass-delete guard of downloads (`MAX_DELETE_FRACTION`, `ALLOW_MASS_DELETE`).
     pub delete_guard: DeleteGuard,
@@ -352,6 +358,20 @@ impl Config {
         let api_token = p.optional("API_TOKEN", "at least 16 characters", |v| {
             (v.chars().count() >= 16).then(|| Secret::new(v))
         });
+        let api_allowed_hosts = p
+            .optional(
+                "API_ALLOWED_HOSTS",
+                "comma-separated host names, each optionally with :port, such as meter.site.lan,proxy.lan:8443",
+                |v| web::parse_list(v, web::parse_allowed_host),
+            )
+            .unwrap_or_default();
+        let api_allowed_origins = p
+            .optional(
+                "API_ALLOWED_ORIGINS",
+                "comma-separated origins such as https://meter.site.lan (scheme, host, optional port; no path)",
+                |v| web::parse_list(v, Origin::parse),
+            )
+            .unwrap_or_default();
         let sync_log_retention_days = p.int("SYNC_LOG_RETENTION_DAYS", 1, 36_500) as u32;
         let max_delete_fraction = p
             .value(
@@ -410,6 +430,8 @@ impl Config {
             api_host,
             api_port,
             api_token,
+            api_allowed_hosts,
+            api_allowed_origins,
             sync_log_retention_days,
             delete_guard: DeleteGuard {
                 max_fraction: max_delete_fraction,

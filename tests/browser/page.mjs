@@ -48,6 +48,11 @@ try {
   const page = await browser.newPage({ viewport: { width: 1200, height: 1100 } });
   const failures = [];
   page.on("pageerror", (e) => failures.push(`page error: ${e.message}`));
+  // A Content-Security-Policy violation (an inline script or style the policy blocks) is
+  // reported on the console only.
+  page.on("console", (m) => {
+    if (m.type() === "error" && !/Failed to load resource/.test(m.text())) failures.push(`console error: ${m.text()}`);
+  });
   page.on("requestfailed", (r) => {
     if (!r.url().startsWith(base)) failures.push(`request outside the service: ${r.url()}`);
   });

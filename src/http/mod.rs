@@ -25,6 +25,10 @@ use crate::service::{Service, TriggerError};
 use crate::status::{MeterSyncStatus, SyncStatus};
 use crate::synclog::LogRow;
 
+mod guard;
+
+pub use guard::{Guard, PAGE_POLICY};
+
 /// Largest `limit` of `/api/local/sync-logs`.
 pub const MAX_LOG_LIMIT: i64 = 1000;
 const DEFAULT_LOG_LIMIT: i64 = 50;
@@ -210,8 +214,9 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
 }
 
-/// The router of the service.
-pub fn router(service: Service) -> Router {
+/// The router of the service listening on `port`.
+pub fn router(service: Service, port: u16) -> Router {
+    let guard = Arc::new(Guard::new(service.config(), port));
     Router::new()
         .route("/api/local/sync-status", get(sync_status))
         .route("/api/local/sync-trigger", post(sync_trigger))
@@ -220,6 +225,8 @@ pub fn router(service: Service) -> Router {
         .route("/api/local/meter-sync-trigger", post(meter_sync_trigger))
         .route("/api/local/sync-logs", get(sync_logs))
         .route("/", get(page))
+        .route("/assets/page.js", get(page_script))
+        .route("/assets/page.css", get(page_style))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
@@ -230,6 +237,7 @@ pub fn router(service: Service) -> Router {
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(CatchPanicLayer::custom(panicked))
         .layer(middleware::from_fn_with_state(service.clone(), authorize))
+        .layer(middleware::from_fn_with_state(guard, guard::guard))
         .with_state(service)
 }
 
@@ -464,22 +472,34 @@ async fn sync_logs(
     Ok(Json(LogsResponse { logs }))
 }
 
-/// The Sync Status page: one self-contained file embedded in the binary (no CDN, no internet).
-const PAGE: &str = include_str!("../assets/index.html");
+/// The Sync Status page: three files embedded in the binary (no CDN, no internet), the script
+/// and style separate so that the page's policy allows no inline code.
+const PAGE: &str = include_str!("../../assets/index.html");
+const PAGE_SCRIPT: &str = include_str!("../../assets/page.js");
+const PAGE_STYLE: &str = include_str!("../../assets/page.css");
 
-async fn page() -> Response {
+fn page_file(content_type: &'static str, body: &'static str) -> Response {
     (
         [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (
-                header::CONTENT_SECURITY_POLICY,
-                "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:; connect-src 'self'",
-            ),
+            (header::CONTENT_TYPE, content_type),
+            (header::CONTENT_SECURITY_POLICY, PAGE_POLICY),
             (header::CACHE_CONTROL, "no-cache"),
         ],
-        PAGE,
+        body,
     )
         .into_response()
+}
+
+async fn page() -> Response {
+    page_file("text/html; charset=utf-8", PAGE)
+}
+
+async fn page_script() -> Response {
+    page_file("text/javascript; charset=utf-8", PAGE_SCRIPT)
+}
+
+async fn page_style() -> Response {
+    page_file("text/css; charset=utf-8", PAGE_STYLE)
 }
 
 /// The process is up.
