@@ -80,7 +80,7 @@ async fn agent(
         ],
     );
     let pools = Pools::new(&config).unwrap();
-    let result = meter_sync::cycle::run(&pools, &config, profile, RunKind::Cycle).await;
+    let result = meter_sync::cycle::run(&pools, &config, profile, &RunKind::Cycle.into()).await;
     pools.local.close();
     pools.remote.close();
     result

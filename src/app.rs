@@ -9,8 +9,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::cli::{chain, EXIT_FAILED, EXIT_OK, EXIT_USAGE};
 use crate::config::{Config, RawSettings};
+use crate::error::{chain, Exit};
 use crate::pg::{self, Backoff};
 use crate::profile::Profile;
 use crate::service::Service;
@@ -138,33 +138,33 @@ pub async fn run(raw: &RawSettings, config: Config, profile: Profile) -> ExitCod
     );
     if let Err(message) = crate::http::check_bind(&config) {
         eprintln!("meter-sync: {message}");
-        return ExitCode::from(EXIT_USAGE);
+        return Exit::Usage.into();
     }
     if let Err(message) = prepare_local(&config, &profile).await {
         tracing::error!("{message}");
         eprintln!("meter-sync: {message}");
-        return ExitCode::from(EXIT_FAILED);
+        return Exit::Failed.into();
     }
     let address = SocketAddr::new(config.api_host, config.api_port);
     let listener = match TcpListener::bind(address).await {
         Ok(listener) => listener,
         Err(e) => {
             eprintln!("meter-sync: cannot listen on {address} (API_HOST, API_PORT): {e}");
-            return ExitCode::from(EXIT_FAILED);
+            return Exit::Failed.into();
         }
     };
     let service = match Service::new(config, profile) {
         Ok(service) => service,
         Err(e) => {
             eprintln!("meter-sync: {}", chain(&e));
-            return ExitCode::from(EXIT_USAGE);
+            return Exit::Usage.into();
         }
     };
     let app = match App::start(service, listener, true) {
         Ok(app) => app,
         Err(e) => {
             eprintln!("meter-sync: cannot start the HTTP server: {e}");
-            return ExitCode::from(EXIT_FAILED);
+            return Exit::Failed.into();
         }
     };
     tracing::info!(
@@ -174,5 +174,5 @@ pub async fn run(raw: &RawSettings, config: Config, profile: Profile) -> ExitCod
     stop_signal().await;
     let finished = app.stop().await;
     tracing::info!(run_completed = finished, "meter-sync stopped");
-    ExitCode::from(EXIT_OK)
+    Exit::Ok.into()
 }

@@ -9,20 +9,14 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 
 use crate::config::{Config, RawSettings, Sources};
-use crate::cycle;
-use crate::download::{self, DownloadReport};
+use crate::cycle::{RunRequest, SyncCycleResult};
+use crate::download::DownloadReport;
+use crate::error::{chain, Exit};
 use crate::pg::{self, Backoff, Pools};
 use crate::profile::Profile;
-use crate::runlock::{LockError, RunKind, RunLock, Running, Trigger};
+use crate::runlock::{RunKind, Trigger};
 use crate::schema;
 use crate::upload;
-
-/// Exit code: everything succeeded.
-pub const EXIT_OK: u8 = 0;
-/// Exit code: a sync part or a database check failed.
-pub const EXIT_FAILED: u8 = 1;
-/// Exit code: bad configuration or usage.
-pub const EXIT_USAGE: u8 = 2;
 
 /// Keeps a metering site's PostgreSQL in step with the central PostgreSQL.
 ///
@@ -170,27 +164,7 @@ fn load(cli: &Cli) -> Result<(RawSettings, Config, Profile), ExitCode> {
 
 fn usage_error(error: impl std::error::Error + 'static) -> ExitCode {
     eprintln!("meter-sync: {}", chain(&error));
-    ExitCode::from(EXIT_USAGE)
-}
-
-/// An error and its causes on one line. A [`PgError`](pg::PgError) already describes its
-/// driver cause, so the walk stops there (also when a transparent wrapper hides it).
-pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut current = error;
-    while !current.is::<pg::PgError>() {
-        let Some(next) = current.source() else { break };
-        if next.is::<tokio_postgres::Error>() {
-            break;
-        }
-        let cause = next.to_string();
-        if !text.contains(&cause) {
-            text.push_str(": ");
-            text.push_str(&cause);
-        }
-        current = next;
-    }
-    text
+    Exit::Usage.into()
 }
 
 /// Runs the parsed command line.
@@ -233,7 +207,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Once { json } => once(config, profile, json).await,
         Command::Mcp => mcp(config, profile).await,
         // Handled before the configuration is loaded.
-        Command::Demo { .. } => ExitCode::from(EXIT_USAGE),
+        Command::Demo { .. } => Exit::Usage.into(),
         Command::Check { json } => check(&raw, &config, &profile, json).await,
         Command::Migrate { json } => migrate(&config, &profile, json).await,
         Command::Download {
@@ -241,12 +215,8 @@ pub async fn run(cli: Cli) -> ExitCode {
             full,
             allow_mass_delete,
             json,
-        } => {
-            let mut config = config;
-            config.delete_guard.allowed |= allow_mass_delete;
-            download(&config, &profile, &entities, full, json).await
-        }
-        Command::Upload { json } => upload(&config, &profile, json).await,
+        } => download(config, profile, entities, full, allow_mass_delete, json).await,
+        Command::Upload { json } => upload(config, profile, json).await,
         Command::Status { json } => status(&config, &profile, json).await,
         Command::Quarantine { action } => quarantine(&config, &profile, action).await,
     }
@@ -330,7 +300,7 @@ async fn check(raw: &RawSettings, config: &Config, profile: &Profile, json: bool
             }
         }
     }
-    ExitCode::from(if ok { EXIT_OK } else { EXIT_FAILED })
+    Exit::from_success(ok).into()
 }
 
 async fn migrate(config: &Config, profile: &Profile, json: bool) -> ExitCode {
@@ -364,7 +334,7 @@ async fn migrate(config: &Config, profile: &Profile, json: bool) -> ExitCode {
                     println!("warning: {warning}");
                 }
             }
-            ExitCode::from(EXIT_OK)
+            Exit::Ok.into()
         }
         Err(e) => {
             if json {
@@ -374,16 +344,17 @@ async fn migrate(config: &Config, profile: &Profile, json: bool) -> ExitCode {
                 );
             }
             eprintln!("meter-sync: migrate failed: {}", chain(&e));
-            ExitCode::from(EXIT_FAILED)
+            Exit::Failed.into()
         }
     }
 }
 
 async fn download(
-    config: &Config,
-    profile: &Profile,
-    entities: &[String],
+    config: Config,
+    profile: Profile,
+    entities: Vec<String>,
     full: bool,
+    allow_mass_delete: bool,
     json: bool,
 ) -> ExitCode {
     if let Some(unknown) = entities.iter().find(|n| profile.entity(n).is_none()) {
@@ -396,29 +367,27 @@ async fn download(
             "meter-sync: unknown entity `{unknown}`; the profile has: {}",
             known.join(", ")
         );
-        return ExitCode::from(EXIT_USAGE);
+        return Exit::Usage.into();
     }
-    let pools = match Pools::new(config) {
-        Ok(pools) => pools,
-        Err(e) => return usage_error(e),
-    };
-    let lock = match run_lock(config, RunKind::Download).await {
-        Ok(lock) => lock,
-        Err(code) => return code,
-    };
     let count = if entities.is_empty() {
         profile.entities.len()
     } else {
         entities.len()
     };
+    let run = RunRequest {
+        kind: RunKind::Download,
+        only: entities,
+        full,
+        allow_mass_delete,
+    };
     let progress = crate::progress::Progress::download(count);
-    let report = download::run(
-        &pools,
-        cycle::download_request(config, profile, entities, full),
-    )
-    .await;
+    let result = run_once(config, profile, run).await;
     progress.finish();
-    release(lock).await;
+    let report = match result.map(|r| r.download.clone()) {
+        Ok(Some(report)) => report,
+        Ok(None) => return Exit::Failed.into(),
+        Err(code) => return code,
+    };
     if json {
         let mut value = serde_json::to_value(&report).unwrap_or_default();
         value["success"] = report.success().into();
@@ -427,10 +396,29 @@ async fn download(
     } else {
         print_download(&report);
     }
-    ExitCode::from(if report.success() {
-        EXIT_OK
-    } else {
-        EXIT_FAILED
+    Exit::from_success(report.success()).into()
+}
+
+/// Runs `run` through the service, as the API and the scheduler do (single flight, run lock,
+/// deadline, recording), then closes its pools. The exit code (with the reason printed) when
+/// it could not start or was cut short.
+async fn run_once(
+    config: Config,
+    profile: Profile,
+    run: RunRequest,
+) -> Result<std::sync::Arc<SyncCycleResult>, ExitCode> {
+    let service = crate::service::Service::new(config, profile).map_err(usage_error)?;
+    let result = match service.start(run, Trigger::Cli).await {
+        Ok(handle) => handle.wait().await,
+        Err(e) => {
+            eprintln!("meter-sync: {e}");
+            return Err(Exit::Failed.into());
+        }
+    };
+    service.shutdown(std::time::Duration::ZERO).await;
+    result.ok_or_else(|| {
+        eprintln!("meter-sync: the run was cut short");
+        Exit::Failed.into()
     })
 }
 
@@ -475,56 +463,30 @@ fn readings(profile: &Profile) -> Result<&crate::profile::ReadingsSpec, ExitCode
             "meter-sync: profile {} has no [readings] table to upload",
             profile.origin
         );
-        ExitCode::from(EXIT_USAGE)
+        Exit::Usage.into()
     })
 }
 
-/// Takes the run lock for a CLI run, so it never runs beside the service or another CLI run
-/// on the same local database. An unreachable local database is left to the run to report.
-async fn run_lock(config: &Config, kind: RunKind) -> Result<Option<RunLock>, ExitCode> {
-    match RunLock::acquire(
-        &config.local,
-        &config.pool,
-        &Running::now(kind, Trigger::Cli),
-    )
-    .await
-    {
-        Ok(lock) => Ok(Some(lock)),
-        Err(LockError::Busy(running)) => {
-            eprintln!("meter-sync: {running}");
-            Err(ExitCode::from(EXIT_FAILED))
-        }
-        Err(LockError::Database(_)) => Ok(None),
-    }
-}
-
-async fn release(lock: Option<RunLock>) {
-    if let Some(lock) = lock {
-        lock.release().await;
-    }
-}
-
-async fn upload(config: &Config, profile: &Profile, json: bool) -> ExitCode {
+async fn upload(config: Config, profile: Profile, json: bool) -> ExitCode {
     if !config.upload_enabled {
         eprintln!("meter-sync: uploads are disabled on this site (UPLOAD_ENABLED=false)");
-        return ExitCode::from(EXIT_USAGE);
+        return Exit::Usage.into();
     }
-    let readings = match readings(profile) {
-        Ok(r) => r,
+    let readings = match readings(&profile) {
+        Ok(r) => r.clone(),
         Err(code) => return code,
     };
-    let pools = match Pools::new(config) {
-        Ok(pools) => pools,
+    let progress = match Pools::new(&config) {
+        Ok(pools) => crate::progress::Progress::upload(&pools, &readings).await,
         Err(e) => return usage_error(e),
     };
-    let lock = match run_lock(config, RunKind::Upload).await {
-        Ok(lock) => lock,
+    let result = run_once(config, profile, RunRequest::of(RunKind::Upload)).await;
+    progress.finish();
+    let report = match result.map(|r| r.upload.clone()) {
+        Ok(Some(report)) => report,
+        Ok(None) => return Exit::Failed.into(),
         Err(code) => return code,
     };
-    let progress = crate::progress::Progress::upload(&pools, readings).await;
-    let report = upload::run(&pools, cycle::upload_request(config, profile, readings)).await;
-    progress.finish();
-    release(lock).await;
     if json {
         let mut value = serde_json::to_value(&report).unwrap_or_default();
         value["success"] = report.success().into();
@@ -532,11 +494,7 @@ async fn upload(config: &Config, profile: &Profile, json: bool) -> ExitCode {
     } else {
         print_upload(&report);
     }
-    ExitCode::from(if report.success() {
-        EXIT_OK
-    } else {
-        EXIT_FAILED
-    })
+    Exit::from_success(report.success()).into()
 }
 
 async fn status(config: &Config, profile: &Profile, json: bool) -> ExitCode {
@@ -555,11 +513,7 @@ async fn status(config: &Config, profile: &Profile, json: bool) -> ExitCode {
     } else {
         print_status(&status);
     }
-    ExitCode::from(if status.local_db_connected {
-        EXIT_OK
-    } else {
-        EXIT_FAILED
-    })
+    Exit::from_success(status.local_db_connected).into()
 }
 
 fn or_dash<T: std::fmt::Display>(value: Option<T>) -> String {
@@ -641,31 +595,18 @@ async fn mcp(config: Config, profile: Profile) -> ExitCode {
         Err(e) => return usage_error(e),
     };
     match crate::mcp::serve_stdio(service).await {
-        Ok(()) => ExitCode::from(EXIT_OK),
+        Ok(()) => Exit::Ok.into(),
         Err(message) => {
             tracing::error!("{message}");
-            ExitCode::from(EXIT_FAILED)
+            Exit::Failed.into()
         }
     }
 }
 
 async fn once(config: Config, profile: Profile, json: bool) -> ExitCode {
-    let service = match crate::service::Service::new(config, profile) {
-        Ok(service) => service,
-        Err(e) => return usage_error(e),
-    };
-    let handle = match service.trigger(RunKind::Cycle, Trigger::Cli).await {
-        Ok(handle) => handle,
-        Err(e) => {
-            eprintln!("meter-sync: {e}");
-            return ExitCode::from(EXIT_FAILED);
-        }
-    };
-    let result = handle.wait().await;
-    service.shutdown(std::time::Duration::ZERO).await;
-    let Some(result) = result else {
-        eprintln!("meter-sync: the run was cut short");
-        return ExitCode::from(EXIT_FAILED);
+    let result = match run_once(config, profile, RunRequest::of(RunKind::Cycle)).await {
+        Ok(result) => result,
+        Err(code) => return code,
     };
     if json {
         println!("{:#}", serde_json::to_value(&*result).unwrap_or_default());
@@ -682,7 +623,7 @@ async fn once(config: Config, profile: Profile, json: bool) -> ExitCode {
             result.total_duration_ms
         );
     }
-    ExitCode::from(if result.success { EXIT_OK } else { EXIT_FAILED })
+    Exit::from_success(result.success).into()
 }
 
 async fn quarantine(config: &Config, profile: &Profile, action: QuarantineAction) -> ExitCode {
@@ -694,7 +635,7 @@ async fn quarantine(config: &Config, profile: &Profile, action: QuarantineAction
         Ok(c) => c,
         Err(e) => {
             eprintln!("meter-sync: {}", chain(&e));
-            return ExitCode::from(EXIT_FAILED);
+            return Exit::Failed.into();
         }
     };
     let outcome = match action {
@@ -730,10 +671,10 @@ async fn quarantine(config: &Config, profile: &Profile, action: QuarantineAction
         }
     };
     match outcome {
-        Ok(()) => ExitCode::from(EXIT_OK),
+        Ok(()) => Exit::Ok.into(),
         Err(e) => {
             eprintln!("meter-sync: {}", chain(&e));
-            ExitCode::from(EXIT_FAILED)
+            Exit::Failed.into()
         }
     }
 }

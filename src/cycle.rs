@@ -116,13 +116,59 @@ pub fn download_request<'a>(
     }
 }
 
-/// Runs the parts of `kind`. Never fails as a whole: every failure is in the result.
+/// A run to start: its kind and, for a download, which entities and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunRequest {
+    pub kind: RunKind,
+    /// Entity names to download; empty: all of them.
+    pub only: Vec<String>,
+    /// Compare every row (`download --full`).
+    pub full: bool,
+    /// Lift the mass-delete guard for this run (`download --allow-mass-delete`).
+    pub allow_mass_delete: bool,
+}
+
+impl RunRequest {
+    /// A run of `kind` with the configured defaults.
+    pub fn of(kind: RunKind) -> Self {
+        Self {
+            kind,
+            only: Vec::new(),
+            full: false,
+            allow_mass_delete: false,
+        }
+    }
+}
+
+impl From<RunKind> for RunRequest {
+    fn from(kind: RunKind) -> Self {
+        Self::of(kind)
+    }
+}
+
+/// Runs one upload and records it.
+pub async fn upload(pools: &Pools, request: upload::UploadRequest<'_>) -> UploadReport {
+    let report = upload::run(pools, request).await;
+    crate::record::upload(pools, &report).await;
+    report
+}
+
+/// Runs one download and records it.
+pub async fn download(pools: &Pools, request: DownloadRequest<'_>) -> DownloadReport {
+    let report = download::run(pools, request).await;
+    crate::record::download(pools, &report).await;
+    report
+}
+
+/// Runs the parts of `run`, recording each. Never fails as a whole: every failure is in the
+/// result.
 pub async fn run(
     pools: &Pools,
     config: &Config,
     profile: &Profile,
-    kind: RunKind,
+    run: &RunRequest,
 ) -> SyncCycleResult {
+    let kind = run.kind;
     let clock = Instant::now();
     let timestamp = Utc::now();
     tracing::info!(kind = ?kind, "sync run started");
@@ -134,16 +180,17 @@ pub async fn run(
                 deadline,
                 ..upload_request(config, profile, readings)
             };
-            Some(upload::run(pools, request).await)
+            Some(upload(pools, request).await)
         }
         _ => None,
     };
     let download = if kind.downloads() {
-        let request = DownloadRequest {
+        let mut request = DownloadRequest {
             deadline,
-            ..download_request(config, profile, &[], false)
+            ..download_request(config, profile, &run.only, run.full)
         };
-        Some(download::run(pools, request).await)
+        request.guard.allowed |= run.allow_mass_delete;
+        Some(download(pools, request).await)
     } else {
         None
     };

@@ -10,8 +10,8 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::app::App;
-use crate::cli::{chain, EXIT_FAILED, EXIT_OK, EXIT_USAGE};
 use crate::config::{Config, Sources};
+use crate::error::{chain, Exit};
 use crate::fixture::{self, FixtureSize, Layout};
 use crate::pgcluster::{ClusterOptions, PgCluster};
 use crate::profile::Profile;
@@ -135,13 +135,13 @@ async fn change_remote(remote: tokio_postgres::Client, every: u32) {
 pub async fn run(options: DemoOptions) -> ExitCode {
     if let Err(e) = PgCluster::find_bin_dir() {
         eprintln!("meter-sync demo needs the PostgreSQL server binaries: {e}");
-        return ExitCode::from(EXIT_USAGE);
+        return Exit::Usage.into();
     }
     let profile = match Profile::builtin_default() {
         Ok(profile) => profile,
         Err(e) => {
             eprintln!("meter-sync: {}", chain(&e));
-            return ExitCode::from(EXIT_FAILED);
+            return Exit::Failed.into();
         }
     };
     eprintln!("meter-sync demo: starting two throwaway PostgreSQL clusters...");
@@ -149,14 +149,14 @@ pub async fn run(options: DemoOptions) -> ExitCode {
         Ok(clusters) => clusters,
         Err(message) => {
             eprintln!("meter-sync demo: {message}");
-            return ExitCode::from(EXIT_FAILED);
+            return Exit::Failed.into();
         }
     };
     let config = match demo_config(&local, &remote, &options) {
         Ok(config) => config,
         Err(message) => {
             eprintln!("meter-sync demo: {message}");
-            return ExitCode::from(EXIT_FAILED);
+            return Exit::Failed.into();
         }
     };
     let listener = match TcpListener::bind((config.api_host, options.port)).await {
@@ -166,7 +166,7 @@ pub async fn run(options: DemoOptions) -> ExitCode {
                 "meter-sync demo: cannot listen on 127.0.0.1:{}: {e}; pick another with --port",
                 options.port
             );
-            return ExitCode::from(EXIT_FAILED);
+            return Exit::Failed.into();
         }
     };
     let (site, central) = match (
@@ -176,21 +176,21 @@ pub async fn run(options: DemoOptions) -> ExitCode {
         (Ok(site), Ok(central)) => (site, central),
         (Err(e), _) | (_, Err(e)) => {
             eprintln!("meter-sync demo: {e}");
-            return ExitCode::from(EXIT_FAILED);
+            return Exit::Failed.into();
         }
     };
     let service = match Service::new(config, profile) {
         Ok(service) => service,
         Err(e) => {
             eprintln!("meter-sync demo: {}", chain(&e));
-            return ExitCode::from(EXIT_FAILED);
+            return Exit::Failed.into();
         }
     };
     let app = match App::start(service, listener, true) {
         Ok(app) => app,
         Err(e) => {
             eprintln!("meter-sync demo: cannot start the HTTP server: {e}");
-            return ExitCode::from(EXIT_FAILED);
+            return Exit::Failed.into();
         }
     };
     let generator = tokio::spawn(generate_readings(site, options.rate));
@@ -231,5 +231,5 @@ pub async fn run(options: DemoOptions) -> ExitCode {
     app.stop().await;
     drop((local, remote));
     eprintln!("meter-sync demo: stopped; clusters removed");
-    ExitCode::from(EXIT_OK)
+    Exit::Ok.into()
 }

@@ -13,7 +13,7 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("meter-sync: cannot start the async runtime: {e}");
-            return ExitCode::from(meter_sync::cli::EXIT_FAILED);
+            return meter_sync::error::Exit::Failed.into();
         }
     };
     runtime.block_on(meter_sync::cli::run(cli))

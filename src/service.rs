@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::cron::CronSchedule;
-use crate::cycle::{self, SyncCycleResult};
+use crate::cycle::{self, RunRequest, SyncCycleResult};
 use crate::metrics::Metrics;
 use crate::pg::{PgError, Pools};
 use crate::profile::Profile;
@@ -113,13 +113,23 @@ impl Service {
         guard(&self.inner.last).clone()
     }
 
-    /// Starts a run unless one is in progress (here or in another process on the same local
-    /// database) or the service is stopping.
+    /// Starts a run of `kind` unless one is in progress (here or in another process on the
+    /// same local database) or the service is stopping.
     pub async fn trigger(
         &self,
         kind: RunKind,
         trigger: Trigger,
     ) -> Result<RunHandle, TriggerError> {
+        self.start(RunRequest::of(kind), trigger).await
+    }
+
+    /// [`Service::trigger`] with the download's options (entities, `--full`, the guard).
+    pub async fn start(
+        &self,
+        run: RunRequest,
+        trigger: Trigger,
+    ) -> Result<RunHandle, TriggerError> {
+        let kind = run.kind;
         let running = Running::now(kind, trigger);
         let mut refused = None;
         self.inner.state.send_if_modified(|s| {
@@ -152,7 +162,7 @@ impl Service {
         let inner = self.inner.clone();
         let task = tokio::spawn(async move {
             let _clear = clear;
-            let result = cycle::run(&inner.pools, &inner.config, &inner.profile, kind).await;
+            let result = cycle::run(&inner.pools, &inner.config, &inner.profile, &run).await;
             inner.metrics.observe(&result);
             if let Some(lock) = lock {
                 lock.release().await;

@@ -1,18 +1,50 @@
 //! The local `sync_logs` table: one row per upload run and per downloaded entity per run; the
 //! `meter_sync_log` view shows the meter rows. Read back by status after a restart.
 
+use std::fmt;
+
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio_postgres::GenericClient;
 use utoipa::ToSchema;
 
 use crate::pg::PgError;
 
-/// One `sync_logs` row.
+/// What a `sync_logs` row records: an upload run or one entity of a download.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncType {
+    Upload,
+    Download,
+}
+
+impl SyncType {
+    /// The value of the `sync_type` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncType::Upload => "upload",
+            SyncType::Download => "download",
+        }
+    }
+
+    /// The type named `text`, if any.
+    pub fn parse(text: &str) -> Option<Self> {
+        [SyncType::Upload, SyncType::Download]
+            .into_iter()
+            .find(|t| t.as_str() == text)
+    }
+}
+
+impl fmt::Display for SyncType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One `sync_logs` row to append.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LogEntry {
-    /// `download` or `upload`.
-    pub sync_type: &'static str,
+    pub sync_type: SyncType,
     /// The entity name for downloads.
     pub entity: Option<String>,
     pub success: bool,
@@ -37,7 +69,7 @@ pub async fn record(client: &impl GenericClient, entries: &[LogEntry]) -> Result
                                         error_message, duration_ms, details)
                  values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
                 &[
-                    &e.sync_type,
+                    &e.sync_type.as_str(),
                     &e.entity,
                     &e.success,
                     &clamp(e.records_processed),

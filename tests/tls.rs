@@ -125,7 +125,7 @@ async fn try_connect(
         .await
         .map_err(|e| {
             // A certificate that does not verify will not fix itself: never retried.
-            let text = meter_sync::cli::chain(&e);
+            let text = meter_sync::error::chain(&e);
             assert!(!e.is_retryable() || !text.contains("certificate"), "{text}");
             text
         })?;

@@ -326,7 +326,7 @@ async fn a_remote_outage_mid_run_loses_nothing_and_the_next_run_completes() {
         let config = env.config.clone();
         tokio::spawn(async move {
             let readings = profile.readings.as_ref().unwrap();
-            meter_sync::upload::run(
+            meter_sync::cycle::upload(
                 &pools,
                 meter_sync::cycle::upload_request(&config, &profile, readings),
             )

@@ -33,16 +33,12 @@ use tokio_postgres::{IsolationLevel, Row, Transaction};
 pub use report::{ChangedRow, DownloadReport, EntityReport, NewRow, DETAIL_LIMIT};
 pub use tenant::{resolve as resolve_tenant, TenantError};
 
-use crate::cli::chain;
+use crate::error::chain;
 use crate::logging::Steps;
 use crate::pg::{on_local, on_remote, Backoff, Deadline, PgError, Pools, RawValue, TimedOut};
 use crate::profile::{EntitySpec, Ident, OnMissing, Profile, RemoteSource, TenantId};
 use crate::sql;
 use crate::sql::Target;
-use crate::synclog::{self, LogEntry};
-
-/// How many new, changed, removed or skipped rows are logged one by one per entity.
-const LOGGED_ROWS: usize = 100;
 
 /// Why one entity failed.
 #[derive(Debug, thiserror::Error)]
@@ -108,8 +104,8 @@ pub struct DownloadRequest<'a> {
     pub deadline: Option<Deadline>,
 }
 
-/// Runs one download and records it in `sync_logs`. Never panics on bad data: every failure
-/// ends up in the report, per entity where it belongs.
+/// Runs one download. Never panics on bad data: every failure ends up in the report, per entity
+/// where it belongs. Recording the report is the caller's job (`record`).
 pub async fn run(pools: &Pools, request: DownloadRequest<'_>) -> DownloadReport {
     let clock = Instant::now();
     let selected: Vec<&EntitySpec> = request
@@ -142,12 +138,6 @@ pub async fn run(pools: &Pools, request: DownloadRequest<'_>) -> DownloadReport 
         report.error = Some(message);
     }
     report.duration_ms = clock.elapsed().as_millis() as u64;
-    record(pools, &report).await;
-    tracing::info!(
-        success = report.success(),
-        duration_ms = report.duration_ms,
-        "download finished"
-    );
     report
 }
 
@@ -316,7 +306,6 @@ async fn attempt(
     let _ = rtx.rollback().await;
     for entity_report in report.entities.iter_mut().filter(|e| e.error.is_none()) {
         entity_report.success = true;
-        log_entity(entity_report);
     }
     Ok(Attempt::Committed)
 }
@@ -968,69 +957,5 @@ fn key_of(row: &Row, len: usize) -> Vec<String> {
 fn keep<T>(list: &mut Vec<T>, item: T) {
     if list.len() < DETAIL_LIMIT {
         list.push(item);
-    }
-}
-
-/// Log lines of spec 004 properties 9, 11 and 14: counts, new rows with key and name, changed
-/// rows with the changed columns, skipped rows with their keys. Row values are never logged.
-fn log_entity(e: &EntityReport) {
-    tracing::info!(
-        entity = %e.entity, fetched = e.fetched, inserted = e.inserted, updated = e.updated,
-        deleted = e.deleted, on_missing = e.on_missing, skipped = e.skipped, duration_ms = e.duration_ms,
-        "entity synced"
-    );
-    for row in e.new_rows.iter().take(LOGGED_ROWS) {
-        tracing::info!(entity = %e.entity, key = ?row.key, name = row.name.as_deref().unwrap_or(""), "new row");
-    }
-    for row in e.changed_rows.iter().take(LOGGED_ROWS) {
-        tracing::info!(entity = %e.entity, key = ?row.key, changed = ?row.columns, "row updated");
-    }
-    for key in e.removed_keys.iter().take(LOGGED_ROWS) {
-        tracing::info!(entity = %e.entity, key = ?key, on_missing = e.on_missing, "row gone remotely");
-    }
-    let listed = e.new_rows.len().min(LOGGED_ROWS) + e.changed_rows.len().min(LOGGED_ROWS);
-    let total = (e.inserted + e.updated) as usize;
-    if total > listed {
-        tracing::info!(entity = %e.entity, not_listed = total - listed, "more new or updated rows than logged one by one");
-    }
-    if e.skipped > 0 {
-        let keys: Vec<&Vec<String>> = e.skipped_keys.iter().take(20).collect();
-        tracing::warn!(entity = %e.entity, count = e.skipped, keys = ?keys, "rows skipped: a referenced row is missing locally");
-    }
-}
-
-/// One `sync_logs` row per entity; a failure to record is logged, not fatal.
-async fn record(pools: &Pools, report: &DownloadReport) {
-    let entries: Vec<LogEntry> = report
-        .entities
-        .iter()
-        .map(|e| LogEntry {
-            sync_type: "download",
-            entity: Some(e.entity.clone()),
-            success: e.success,
-            records_processed: e.fetched as i64,
-            inserted: e.inserted as i64,
-            updated: e.updated as i64,
-            deleted: e.deleted as i64,
-            skipped: e.skipped as i64,
-            error_message: e.error.clone(),
-            duration_ms: e.duration_ms as i64,
-            details: Some(serde_json::json!({
-                "tenant": report.tenant,
-                "on_missing": e.on_missing,
-                "new_rows": e.new_rows.iter().take(LOGGED_ROWS).collect::<Vec<_>>(),
-                "changed_rows": e.changed_rows.iter().take(LOGGED_ROWS).collect::<Vec<_>>(),
-                "removed_keys": e.removed_keys.iter().take(LOGGED_ROWS).collect::<Vec<_>>(),
-                "skipped_keys": e.skipped_keys.iter().take(LOGGED_ROWS).collect::<Vec<_>>(),
-            })),
-        })
-        .collect();
-    let result = async {
-        let client = pools.local().await?;
-        synclog::record(&**client, &entries).await
-    }
-    .await;
-    if let Err(e) = result {
-        tracing::warn!(error = %e, "cannot record the download in sync_logs");
     }
 }

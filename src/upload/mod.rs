@@ -33,13 +33,12 @@ pub use quarantine::{
 };
 pub use report::{QueueStats, RejectedReading, UploadReport};
 
-use crate::cli::chain;
 use crate::convert::{self, Direction};
+use crate::error::chain;
 use crate::logging::Steps;
 use crate::pg::{on_local, on_remote, Backoff, Deadline, PgError, Pools, RawValue, TimedOut};
 use crate::profile::{AfterUpload, Ident, Profile, ReadingsSpec, TenantId};
 use crate::sql;
-use crate::synclog::{self, LogEntry};
 
 /// The advisory lock key that keeps two upload runs off one local database (`mtr-upld`).
 const UPLOAD_LOCK: i64 = 0x6d74_722d_7570_6c64;
@@ -122,7 +121,8 @@ struct Plan {
     outgoing: sql::Outgoing,
 }
 
-/// Runs one upload (draining the queue up to `max_batches`) and records it in `sync_logs`.
+/// Runs one upload (draining the queue up to `max_batches`). Recording the report is the
+/// caller's job (`record`).
 pub async fn run(pools: &Pools, request: UploadRequest<'_>) -> UploadReport {
     let clock = Instant::now();
     let mut report = UploadReport {
@@ -151,18 +151,6 @@ pub async fn run(pools: &Pools, request: UploadRequest<'_>) -> UploadReport {
         report.queue_after = queue_stats(&**client, request.readings).await.ok();
     }
     report.duration_ms = clock.elapsed().as_millis() as u64;
-    record(pools, &report).await;
-    tracing::info!(
-        uploaded = report.uploaded,
-        deduplicated = report.deduplicated,
-        removed = report.removed,
-        rejected = report.rejected_count,
-        quarantined = report.quarantined,
-        batches = report.batches,
-        queue_after = report.queue_after.map(|q| q.size),
-        duration_ms = report.duration_ms,
-        "upload finished"
-    );
     report
 }
 
@@ -1024,37 +1012,4 @@ pub async fn queue_stats(
         quarantined: row.get(1),
         oldest_age_seconds: row.get(2),
     })
-}
-
-/// One `sync_logs` row per run; a failure to record is logged, not fatal.
-async fn record(pools: &Pools, report: &UploadReport) {
-    let entry = LogEntry {
-        sync_type: "upload",
-        entity: None,
-        success: report.success(),
-        records_processed: (report.uploaded + report.deduplicated + report.rejected_count) as i64,
-        inserted: report.uploaded as i64,
-        updated: 0,
-        deleted: report.removed as i64,
-        skipped: report.rejected_count as i64,
-        error_message: report.error.clone(),
-        duration_ms: report.duration_ms as i64,
-        details: Some(serde_json::json!({
-            "deduplicated": report.deduplicated,
-            "quarantined": report.quarantined,
-            "batches": report.batches,
-            "purged": report.purged,
-            "queue_before": report.queue_before,
-            "queue_after": report.queue_after,
-            "rejected": report.rejected.iter().take(100).collect::<Vec<_>>(),
-        })),
-    };
-    let result = async {
-        let client = pools.local().await?;
-        synclog::record(&**client, &[entry]).await
-    }
-    .await;
-    if let Err(e) = result {
-        tracing::warn!(error = %e, "cannot record the upload in sync_logs");
-    }
 }

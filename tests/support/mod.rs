@@ -268,7 +268,7 @@ pub async fn download_with(
 ) -> meter_sync::download::DownloadReport {
     let tenant = tenant.map(|t| meter_sync::profile::TenantId::parse(t).unwrap());
     let only: Vec<String> = only.iter().map(|s| s.to_string()).collect();
-    meter_sync::download::run(
+    meter_sync::cycle::download(
         &meter_sync::pg::Pools::new(config).unwrap(),
         meter_sync::download::DownloadRequest {
             profile,
@@ -356,7 +356,7 @@ pub async fn upload(env: &TestEnv, profile: &Profile) -> meter_sync::upload::Upl
 /// [`upload`] with any configuration.
 pub async fn upload_with(config: &Config, profile: &Profile) -> meter_sync::upload::UploadReport {
     let readings = profile.readings.as_ref().unwrap();
-    meter_sync::upload::run(
+    meter_sync::cycle::upload(
         &meter_sync::pg::Pools::new(config).unwrap(),
         meter_sync::cycle::upload_request(config, profile, readings),
     )
