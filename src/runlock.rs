@@ -15,6 +15,12 @@ use crate::pg::{self, PgError};
 
 /// The advisory lock key held for the duration of a run (`mtr-sync` in ASCII).
 pub const RUN_LOCK: i64 = 0x6d74_722d_7379_6e63;
+/// The advisory lock key that keeps two upload runs off one local database (`mtr-upld`),
+/// held by the upload engine on a connection of its own for the run.
+pub const UPLOAD_LOCK: i64 = 0x6d74_722d_7570_6c64;
+/// The advisory lock key that serialises concurrent `migrate` runs (`meter-sy`), taken for
+/// the migration's transaction.
+pub const MIGRATE_LOCK: i64 = 0x6d65_7465_722d_7379;
 
 /// Prefix of the `application_name` of the connection that holds [`RUN_LOCK`].
 const NAME_PREFIX: &str = "meter-sync:";

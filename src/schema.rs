@@ -48,9 +48,6 @@ from sync_logs
 where sync_type = 'download' and entity in ('meter', 'meters');",
 }];
 
-/// The advisory lock key that serialises concurrent `migrate` runs (`meter-sync` in ASCII).
-const MIGRATE_LOCK: i64 = 0x6d65_7465_722d_7379;
-
 /// Why the local schema could not be brought up to date.
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {
@@ -81,9 +78,12 @@ pub async fn migrate(
 ) -> Result<MigrateReport, SchemaError> {
     let q = |context: &'static str| move |e| PgError::query("local", context, e);
     let tx = client.transaction().await.map_err(q("begin migrate"))?;
-    tx.execute("select pg_advisory_xact_lock($1)", &[&MIGRATE_LOCK])
-        .await
-        .map_err(q("wait for other migrate runs"))?;
+    tx.execute(
+        "select pg_advisory_xact_lock($1)",
+        &[&crate::runlock::MIGRATE_LOCK],
+    )
+    .await
+    .map_err(q("wait for other migrate runs"))?;
     let mut report = MigrateReport::default();
     apply_migrations(&tx, &mut report).await?;
     for entity in &profile.entities {

@@ -1,0 +1,59 @@
+//! The direct path, taken when a unique index on the remote guards the dedupe key.
+
+use super::claim::{begin_claim, end_local, send, Destination, Session};
+use super::workers::{BatchOutcome, Key};
+use super::{refused, UploadError, UploadRequest};
+use crate::logging::Steps;
+
+/// Outcome of the direct path.
+pub(super) enum Direct {
+    Done(Option<BatchOutcome>),
+    /// The remote refused the batch (a reading it already has, or bad data); both sides were
+    /// rolled back.
+    Refused,
+}
+
+/// Direct path, when a unique index guards the dedupe key: COPY the batch straight into the
+/// remote readings table, which inserts many rows at a time, as one autocommitted statement
+/// (its completion is the remote commit: one round trip fewer than begin ... commit). A batch holding a reading the
+/// remote already has (a resend after a fault) violates the index and fails whole; it then
+/// goes through the stage, where `ON CONFLICT DO NOTHING` skips those readings.
+pub(super) async fn batch(
+    local: &tokio_postgres::Client,
+    remote: &tokio_postgres::Client,
+    session: &Session,
+    request: UploadRequest<'_>,
+    after: Option<&Key>,
+) -> Result<Direct, UploadError> {
+    let mut steps = Steps::new("upload", request.readings.table.bare());
+    let rows = begin_claim(local, session, request, after).await?;
+    let sent = send(remote, session, rows, request.readings, Destination::Table).await;
+    steps.done("claim and copy");
+    match sent {
+        Ok((ids, _)) if ids.is_empty() => {
+            end_local(local, "commit", "end the batch").await?;
+            Ok(Direct::Done(None))
+        }
+        Ok((ids, last_key)) => {
+            // The COPY ran as a statement of its own: its completion was the remote commit.
+            // The remote has the readings now; a fault from here on only causes a resend.
+            end_local(local, "commit", "commit the batch").await?;
+            steps.done("local commit");
+            let n = ids.len() as u64;
+            Ok(Direct::Done(Some(BatchOutcome {
+                last_key,
+                claimed: n,
+                inserted: n,
+                removed: n,
+                rejected: Vec::new(),
+            })))
+        }
+        Err(e) if e.side() == "remote" && refused::is_refusal(e.code()) => {
+            // The failed COPY rolled itself back on the remote.
+            end_local(local, "rollback", "roll back the batch").await?;
+            tracing::debug!(error = %e, "direct copy refused; going through the stage");
+            Ok(Direct::Refused)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
