@@ -155,7 +155,7 @@ fn main() {
             let (report, took) = mirror(&pools, &sites.profile).await;
             rss_large = rss_large.max(peak_rss_mib());
             let meter = report.entity("meter").unwrap();
-            assert_eq!((meter.strategy, meter.inserted as i64), ("cold", rows));
+            assert_eq!((meter.strategy, meter.inserted as i64), (download::Strategy::Cold, rows));
             colds.push(took);
         }
         let cold = median(colds);
@@ -170,7 +170,7 @@ fn main() {
         for _ in 0..repeat {
             let (report, took) = mirror(&pools, &sites.profile).await;
             let meter = report.entity("meter").unwrap();
-            assert_eq!((meter.strategy, meter.inserted, meter.updated, meter.deleted), ("diff", 0, 0, 0));
+            assert_eq!((meter.strategy, meter.inserted, meter.updated, meter.deleted), (download::Strategy::Diff, 0, 0, 0));
             sames.push(took);
         }
         let same = median(sames);

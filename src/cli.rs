@@ -13,7 +13,7 @@ use crate::cycle::{RunRequest, SyncCycleResult};
 use crate::download::DownloadReport;
 use crate::error::{chain, Exit};
 use crate::pg::{self, Backoff, Pools};
-use crate::profile::Profile;
+use crate::profile::{OnMissingKind, Profile};
 use crate::runlock::{RunKind, Trigger};
 use crate::schema;
 use crate::upload;
@@ -443,7 +443,7 @@ pub fn print_download(report: &DownloadReport) {
             Some(error) => format!("FAILED: {error}"),
         };
         let deleted = match e.on_missing {
-            "deactivate" => format!("{}*", e.deleted),
+            OnMissingKind::Deactivate => format!("{}*", e.deleted),
             _ => e.deleted.to_string(),
         };
         println!(
@@ -451,7 +451,11 @@ pub fn print_download(report: &DownloadReport) {
             e.entity, e.fetched, e.inserted, e.updated, deleted, e.skipped, e.duration_ms
         );
     }
-    if report.entities.iter().any(|e| e.on_missing == "deactivate") {
+    if report
+        .entities
+        .iter()
+        .any(|e| e.on_missing == OnMissingKind::Deactivate)
+    {
         println!("* deactivated (active = false) rather than deleted");
     }
 }

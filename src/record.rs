@@ -101,7 +101,7 @@ async fn write(pools: &Pools, entries: &[LogEntry], what: &str) {
 fn log_entity(e: &EntityReport) {
     tracing::info!(
         entity = %e.entity, fetched = e.fetched, inserted = e.inserted, updated = e.updated,
-        deleted = e.deleted, on_missing = e.on_missing, skipped = e.skipped, duration_ms = e.duration_ms,
+        deleted = e.deleted, on_missing = %e.on_missing, skipped = e.skipped, duration_ms = e.duration_ms,
         "entity synced"
     );
     for row in e.new_rows.iter().take(LOGGED_ROWS) {
@@ -111,7 +111,7 @@ fn log_entity(e: &EntityReport) {
         tracing::info!(entity = %e.entity, key = ?row.key, changed = ?row.columns, "row updated");
     }
     for key in e.removed_keys.iter().take(LOGGED_ROWS) {
-        tracing::info!(entity = %e.entity, key = ?key, on_missing = e.on_missing, "row gone remotely");
+        tracing::info!(entity = %e.entity, key = ?key, on_missing = %e.on_missing, "row gone remotely");
     }
     let listed = e.new_rows.len().min(LOGGED_ROWS) + e.changed_rows.len().min(LOGGED_ROWS);
     let total = (e.inserted + e.updated) as usize;

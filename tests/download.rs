@@ -457,9 +457,10 @@ async fn the_db_sync_process_profile_mirrors_varchar_keyed_tables() {
 
 #[tokio::test]
 async fn cold_diff_and_full_strategies_are_chosen_by_how_much_changed() {
+    use meter_sync::download::Strategy;
     let (env, profile) = default_env("dl_strategy").await;
     let first = download(&env, &profile, Some("1"), &["meter"]).await;
-    assert_eq!(first.entity("meter").unwrap().strategy, "cold");
+    assert_eq!(first.entity("meter").unwrap().strategy, Strategy::Cold);
     let remote = env.remote.client().await;
     remote
         .batch_execute("update meter set notes = 'few' where id in (2, 3)")
@@ -469,7 +470,7 @@ async fn cold_diff_and_full_strategies_are_chosen_by_how_much_changed() {
     let meter = few.entity("meter").unwrap();
     assert_eq!(
         (meter.strategy, meter.updated, meter.fetched),
-        ("diff", 2, 25)
+        (Strategy::Diff, 2, 25)
     );
     remote
         .batch_execute("update meter set notes = 'many' where tenant_id = 1 and id % 2 = 0")
@@ -477,7 +478,7 @@ async fn cold_diff_and_full_strategies_are_chosen_by_how_much_changed() {
         .unwrap();
     let many = download(&env, &profile, Some("1"), &["meter"]).await;
     let meter = many.entity("meter").unwrap();
-    assert_eq!((meter.strategy, meter.updated), ("full", 12));
+    assert_eq!((meter.strategy, meter.updated), (Strategy::Full, 12));
     let local = env.local.client().await;
     assert_eq!(
         rows_text(

@@ -3,8 +3,26 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use crate::profile::OnMissingKind;
+
 /// At most this many keys are kept per list in a report (counts stay exact).
 pub const DETAIL_LIMIT: usize = 1000;
+
+/// How an entity's rows were compared.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// Not run (yet).
+    #[default]
+    #[serde(rename = "")]
+    None,
+    /// The local table was empty: every remote row copied straight in.
+    Cold,
+    /// Row versions or hashes compared, only new and changed rows fetched.
+    Diff,
+    /// Every remote row staged and compared.
+    Full,
+}
 
 /// A row that was inserted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -28,17 +46,16 @@ pub struct EntityReport {
     pub entity: String,
     pub table: String,
     pub success: bool,
-    /// How the rows were compared: `cold` (empty local table, copied straight in), `diff`
-    /// (row hashes compared, only new and changed rows fetched) or `full` (every row staged).
-    pub strategy: &'static str,
+    /// How the rows were compared.
+    pub strategy: Strategy,
     /// Rows (or, on the diff path, row hashes) received from the remote.
     pub fetched: u64,
     pub inserted: u64,
     pub updated: u64,
     /// Rows deleted or deactivated because they are gone remotely (see `on_missing`).
     pub deleted: u64,
-    /// `delete`, `deactivate` or `keep`: what `deleted` counts.
-    pub on_missing: &'static str,
+    /// What `deleted` counts.
+    pub on_missing: OnMissingKind,
     /// Remote rows not applied because a referenced local row is missing.
     pub skipped: u64,
     pub new_rows: Vec<NewRow>,
@@ -56,16 +73,12 @@ impl EntityReport {
             entity: entity.name.to_string(),
             table: entity.table.to_string(),
             success: false,
-            strategy: "",
+            strategy: Strategy::None,
             fetched: 0,
             inserted: 0,
             updated: 0,
             deleted: 0,
-            on_missing: match entity.on_missing {
-                crate::profile::OnMissing::Delete => "delete",
-                crate::profile::OnMissing::Deactivate { .. } => "deactivate",
-                crate::profile::OnMissing::Keep => "keep",
-            },
+            on_missing: entity.on_missing.kind(),
             skipped: 0,
             new_rows: Vec::new(),
             changed_rows: Vec::new(),

@@ -100,6 +100,42 @@ pub enum OnMissing {
     Keep,
 }
 
+impl OnMissing {
+    /// What is done, without the column: as reports and logs name it.
+    pub fn kind(&self) -> OnMissingKind {
+        match self {
+            OnMissing::Delete => OnMissingKind::Delete,
+            OnMissing::Deactivate { .. } => OnMissingKind::Deactivate,
+            OnMissing::Keep => OnMissingKind::Keep,
+        }
+    }
+}
+
+/// [`OnMissing`] without its column, serialised as the profile writes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnMissingKind {
+    Delete,
+    Deactivate,
+    Keep,
+}
+
+impl OnMissingKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnMissingKind::Delete => "delete",
+            OnMissingKind::Deactivate => "deactivate",
+            OnMissingKind::Keep => "keep",
+        }
+    }
+}
+
+impl std::fmt::Display for OnMissingKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Local rows of another entity that must exist before a row of this one is inserted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reference {
