@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 
-use crate::config::{Config, RawSettings, Sources};
+use crate::config::{Config, RawSettings, Side, Sources};
 use crate::cycle::{RunRequest, SyncCycleResult};
 use crate::download::DownloadReport;
 use crate::error::{chain, Exit};
@@ -225,7 +225,7 @@ pub async fn run(cli: Cli) -> ExitCode {
 /// The outcome of connecting to one side.
 #[derive(Debug, Serialize)]
 struct SideCheck {
-    side: &'static str,
+    side: Side,
     address: String,
     ok: bool,
     server_version: Option<String>,
@@ -528,8 +528,8 @@ fn or_dash<T: std::fmt::Display>(value: Option<T>) -> String {
 fn print_status(s: &crate::status::SyncStatus) {
     println!("tenant: {}", or_dash(s.tenant_id.as_deref()));
     for (side, up, error) in [
-        ("local", s.local_db_connected, &s.local_db_error),
-        ("remote", s.remote_db_connected, &s.remote_db_error),
+        (Side::Local, s.local_db_connected, &s.local_db_error),
+        (Side::Remote, s.remote_db_connected, &s.remote_db_error),
     ] {
         match (up, error) {
             (true, None) => println!("{side} database: connected"),

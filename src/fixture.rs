@@ -4,6 +4,7 @@
 
 use tokio_postgres::GenericClient;
 
+use crate::config::Side;
 use crate::pg::PgError;
 
 /// Which shipped profile's remote layout.
@@ -67,7 +68,7 @@ pub async fn load_remote(
     client
         .batch_execute(layout.remote_schema())
         .await
-        .map_err(|e| PgError::query("remote", "create the fixture schema", e))?;
+        .map_err(|e| PgError::query(Side::Remote, "create the fixture schema", e))?;
     fill_remote(client, layout, size).await
 }
 
@@ -108,7 +109,7 @@ pub async fn fill_remote(
         client
             .execute(statement, &params)
             .await
-            .map_err(|e| PgError::query("remote", format!("generate fixture {what}"), e))?;
+            .map_err(|e| PgError::query(Side::Remote, format!("generate fixture {what}"), e))?;
     }
     Ok(())
 }
@@ -169,7 +170,7 @@ pub async fn insert_local_readings(
             &[&count, &meters, &start_minute],
         )
         .await
-        .map_err(|e| PgError::query("local", "generate readings", e))
+        .map_err(|e| PgError::query(Side::Local, "generate readings", e))
 }
 
 /// Inserts `count` readings stamped now (a millisecond apart, so none repeats another's
@@ -186,7 +187,7 @@ pub async fn insert_live_readings(client: &impl GenericClient, count: i64) -> Re
             &[&count],
         )
         .await
-        .map_err(|e| PgError::query("local", "generate live readings", e))
+        .map_err(|e| PgError::query(Side::Local, "generate live readings", e))
 }
 
 /// Changes the remote configuration of tenant 1 a little (the demo's "someone edited the
@@ -202,7 +203,7 @@ pub async fn change_remote_config(
             &[],
         )
         .await
-        .map_err(|e| PgError::query("remote", "rename a meter", e))?;
+        .map_err(|e| PgError::query(Side::Remote, "rename a meter", e))?;
     let mut done = format!("renamed {renamed} meter");
     if round.is_multiple_of(3) {
         client
@@ -213,7 +214,7 @@ pub async fn change_remote_config(
                 &[],
             )
             .await
-            .map_err(|e| PgError::query("remote", "add a meter", e))?;
+            .map_err(|e| PgError::query(Side::Remote, "add a meter", e))?;
         done.push_str(", added 1 meter");
     }
     Ok(done)

@@ -12,6 +12,7 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use rmcp::{schemars, tool, tool_handler, tool_router, ErrorData, ServerHandler};
 use serde::{Deserialize, Serialize};
 
+use crate::config::Side;
 use crate::cycle::SyncCycleResult;
 use crate::profile::OnMissing;
 use crate::runlock::{RunKind, Trigger};
@@ -207,7 +208,7 @@ impl McpServer {
                     &[&args.active, &i64::from(limit)],
                 )
                 .await
-                .map_err(|e| crate::pg::PgError::query("local", "list meters", e))
+                .map_err(|e| crate::pg::PgError::query(Side::Local, "list meters", e))
         }
         .await;
         match rows {

@@ -10,6 +10,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::config::Side;
 use crate::cycle::SyncCycleResult;
 use crate::download::DownloadReport;
 use crate::status::SyncStatus;
@@ -35,7 +36,7 @@ struct EntityChange {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Side {
+struct SideLabel {
     side: &'static str,
 }
 
@@ -54,7 +55,7 @@ pub struct Metrics {
     queue_size: Gauge,
     oldest_age: FloatGauge,
     quarantined_now: Gauge,
-    connected: Family<Side, Gauge>,
+    connected: Family<SideLabel, Gauge>,
     running: Gauge,
 }
 
@@ -84,7 +85,7 @@ impl Metrics {
         let queue_size = Gauge::default();
         let oldest_age = FloatGauge::default();
         let quarantined_now = Gauge::default();
-        let connected = Family::<Side, Gauge>::default();
+        let connected = Family::<SideLabel, Gauge>::default();
         let running = Gauge::default();
         registry.register(
             "meter_sync_readings_uploaded",
@@ -222,10 +223,14 @@ impl Metrics {
         self.quarantined_now
             .set(status.quarantined_count.unwrap_or(0));
         self.connected
-            .get_or_create(&Side { side: "local" })
+            .get_or_create(&SideLabel {
+                side: Side::Local.as_str(),
+            })
             .set(i64::from(status.local_db_connected));
         self.connected
-            .get_or_create(&Side { side: "remote" })
+            .get_or_create(&SideLabel {
+                side: Side::Remote.as_str(),
+            })
             .set(i64::from(status.remote_db_connected));
         self.running.set(i64::from(status.is_running));
         let mut text = String::new();

@@ -7,6 +7,7 @@
 //! unwinding (SIGKILL, `abort`, a test binary's shared cluster at exit), so no server leaks.
 //! When running as root, `initdb` and `pg_ctl` run as the `postgres` system user.
 
+use crate::config::Side;
 use std::fmt::Write as _;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -222,7 +223,7 @@ impl PgCluster {
     }
 
     /// The service's connection settings for a database of this cluster.
-    pub fn db_config(&self, side: &'static str, dbname: &str) -> crate::config::DbConfig {
+    pub fn db_config(&self, side: Side, dbname: &str) -> crate::config::DbConfig {
         crate::config::DbConfig {
             side,
             host: self.host().to_string(),

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 
 use tokio_postgres::GenericClient;
 
+use crate::config::Side;
 use crate::pg::PgError;
 use crate::profile::{ColumnSpec, Profile, SqlType, TableName};
 use crate::sql;
@@ -76,7 +77,7 @@ pub async fn migrate(
     client: &mut tokio_postgres::Client,
     profile: &Profile,
 ) -> Result<MigrateReport, SchemaError> {
-    let q = |context: &'static str| move |e| PgError::query("local", context, e);
+    let q = |context: &'static str| move |e| PgError::query(Side::Local, context, e);
     let tx = client.transaction().await.map_err(q("begin migrate"))?;
     tx.execute(
         "select pg_advisory_xact_lock($1)",
@@ -124,7 +125,7 @@ async fn apply_migrations(
     tx: &tokio_postgres::Transaction<'_>,
     report: &mut MigrateReport,
 ) -> Result<(), SchemaError> {
-    let q = |context: &'static str| move |e| PgError::query("local", context, e);
+    let q = |context: &'static str| move |e| PgError::query(Side::Local, context, e);
     let tracked: bool = tx
         .query_one(
             "select to_regclass('meter_sync_schema_migrations') is not null",
@@ -172,7 +173,7 @@ async fn apply_migrations(
             None => {
                 tx.batch_execute(migration.sql).await.map_err(|e| {
                     PgError::query(
-                        "local",
+                        Side::Local,
                         format!("apply migration {} ({})", migration.version, migration.name),
                         e,
                     )
@@ -201,22 +202,22 @@ async fn reconcile_table(
     create: &str,
     report: &mut MigrateReport,
 ) -> Result<(), SchemaError> {
-    let existing = table_columns(tx, table, "local").await?;
+    let existing = table_columns(tx, table, Side::Local).await?;
     if existing.is_empty() {
         tx.batch_execute(create)
             .await
-            .map_err(|e| PgError::query("local", format!("create table {table}"), e))?;
+            .map_err(|e| PgError::query(Side::Local, format!("create table {table}"), e))?;
         report.changes.push(format!("created table \"{table}\""));
         return Ok(());
     }
     let wanted: Vec<&SqlType> = columns.iter().map(|c| &c.sql_type).collect();
-    let canonical = canonical_types(tx, &wanted, "local").await?;
+    let canonical = canonical_types(tx, &wanted, Side::Local).await?;
     for (column, canonical) in columns.iter().zip(canonical) {
         match existing.iter().find(|c| c.name == column.name.as_str()) {
             None => {
                 tx.batch_execute(&sql::add_column(table, column))
                     .await
-                    .map_err(|e| PgError::query("local", format!("add column {table}.{}", column.name), e))?;
+                    .map_err(|e| PgError::query(Side::Local, format!("add column {table}.{}", column.name), e))?;
                 report.changes.push(format!("added column \"{table}\".\"{}\"", column.name));
             }
             Some(found) if found.sql_type != canonical => report.warnings.push(format!(
@@ -242,7 +243,7 @@ pub struct CatalogColumn {
 pub async fn table_columns(
     client: &impl GenericClient,
     table: &TableName,
-    side: &'static str,
+    side: Side,
 ) -> Result<Vec<CatalogColumn>, PgError> {
     let schema = table.schema.as_ref().map(|s| s.as_str());
     let rows = client
@@ -264,7 +265,7 @@ pub async fn table_columns(
 pub async fn canonical_types(
     client: &impl GenericClient,
     types: &[&SqlType],
-    side: &'static str,
+    side: Side,
 ) -> Result<Vec<String>, PgError> {
     if types.is_empty() {
         return Ok(Vec::new());

@@ -8,7 +8,7 @@ use serde::Serialize;
 use tokio_postgres::GenericClient;
 use utoipa::ToSchema;
 
-use crate::config::Config;
+use crate::config::{Config, Side};
 use crate::cycle;
 use crate::pg::{PgError, Pools};
 use crate::profile::{EntitySpec, OnMissing, Profile, TenantId};
@@ -31,7 +31,7 @@ pub async fn meter_count(
     let row = client
         .query_one(&crate::sql::count_active(&entity.table, active), &[])
         .await
-        .map_err(|e| PgError::query("local", format!("count {}", entity.table), e))?;
+        .map_err(|e| PgError::query(Side::Local, format!("count {}", entity.table), e))?;
     Ok(Some(row.get(0)))
 }
 
@@ -61,7 +61,7 @@ pub async fn last_runs(client: &impl GenericClient) -> Result<Vec<LastRun>, PgEr
             &[],
         )
         .await
-        .map_err(|e| PgError::query("local", "read sync_logs", e))?;
+        .map_err(|e| PgError::query(Side::Local, "read sync_logs", e))?;
     Ok(rows
         .iter()
         .map(|r| LastRun {
@@ -164,10 +164,10 @@ async fn local_part(
             &[],
         )
         .await
-        .map_err(|e| PgError::query("local", "sum uploads in sync_logs", e))?
+        .map_err(|e| PgError::query(Side::Local, "sum uploads in sync_logs", e))?
         .get(0);
     let tenant_count = match cycle::tenant_entity(profile) {
-        Some(entity) => Some(count(client, "local", entity, None).await?),
+        Some(entity) => Some(count(client, Side::Local, entity, None).await?),
         None => None,
     };
     let tenant = crate::download::resolve_tenant(client, config.tenant_id.as_ref(), profile)
@@ -194,7 +194,7 @@ async fn local_part(
 /// Rows of an entity's table, locally (`tenant` None) or its tenant's rows remotely.
 async fn count(
     client: &impl GenericClient,
-    side: &'static str,
+    side: Side,
     entity: &EntitySpec,
     tenant: Option<&TenantId>,
 ) -> Result<i64, PgError> {
@@ -248,7 +248,7 @@ pub async fn sync_status(
                     let (Some(tenant), Some(entity)) = (&tenant, entity) else {
                         return None;
                     };
-                    count(&**client, "remote", entity, Some(tenant))
+                    count(&**client, Side::Remote, entity, Some(tenant))
                         .await
                         .map_err(|e| errors.push(e.to_string()))
                         .ok()
@@ -341,7 +341,7 @@ pub async fn meter_sync_status(
             &[&names],
         )
         .await
-        .map_err(|e| PgError::query("local", "read sync_logs", e))?;
+        .map_err(|e| PgError::query(Side::Local, "read sync_logs", e))?;
     Ok(MeterSyncStatus {
         last_sync_at: last.as_ref().map(|r| r.get(0)),
         last_sync_success: last.as_ref().map(|r| r.get(1)),

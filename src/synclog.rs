@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use tokio_postgres::GenericClient;
 use utoipa::ToSchema;
 
+use crate::config::Side;
 use crate::pg::PgError;
 
 /// What a `sync_logs` row records: an upload run or one entity of a download.
@@ -83,7 +84,7 @@ pub async fn record(client: &impl GenericClient, entries: &[LogEntry]) -> Result
                 ],
             )
             .await
-            .map_err(|err| PgError::query("local", "record sync_logs", err))?;
+            .map_err(|err| PgError::query(Side::Local, "record sync_logs", err))?;
     }
     Ok(())
 }
@@ -97,7 +98,7 @@ pub async fn prune(client: &impl GenericClient, days: u32) -> Result<u64, PgErro
             &[&days],
         )
         .await
-        .map_err(|err| PgError::query("local", "prune sync_logs", err))
+        .map_err(|err| PgError::query(Side::Local, "prune sync_logs", err))
 }
 
 /// A `sync_logs` row as the API shows it.
@@ -134,7 +135,7 @@ pub async fn recent(
             &[&sync_type, &limit],
         )
         .await
-        .map_err(|err| PgError::query("local", "read sync_logs", err))?;
+        .map_err(|err| PgError::query(Side::Local, "read sync_logs", err))?;
     Ok(rows
         .iter()
         .map(|r| LogRow {

@@ -116,7 +116,9 @@ async fn try_connect(
     mode: SslMode,
     ca: Option<PathBuf>,
 ) -> Result<bool, String> {
-    let mut db = clusters().remote.db_config("remote", "postgres");
+    let mut db = clusters()
+        .remote
+        .db_config(meter_sync::config::Side::Remote, "postgres");
     db.host = host.to_string();
     db.port = port;
     db.sslmode = mode;

@@ -126,8 +126,8 @@ impl fmt::Display for SslMode {
 /// Connection settings of one database.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DbConfig {
-    /// `local` or `remote`; used in messages.
-    pub side: &'static str,
+    /// Which database this is; used in messages.
+    pub side: Side,
     pub host: String,
     pub port: u16,
     pub dbname: String,
@@ -207,6 +207,30 @@ pub struct Config {
     pub delete_guard: DeleteGuard,
     /// `UPLOAD_ENABLED`: false makes a download-only site.
     pub upload_enabled: bool,
+}
+
+/// Which of the two databases: the site's own (`local`, `POSTGRES_SYNC_*`) or the central one
+/// (`remote`, `POSTGRES_CLIENT_*`). Shown and serialised as `local` / `remote`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    Local,
+    Remote,
+}
+
+impl Side {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Local => "local",
+            Side::Remote => "remote",
+        }
+    }
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A boolean setting: true/false, 1/0, yes/no, on/off.
@@ -455,7 +479,7 @@ impl Config {
 
 /// The key names of one database side.
 struct DbKeys {
-    side: &'static str,
+    side: Side,
     host: &'static str,
     port: &'static str,
     db: &'static str,
@@ -466,7 +490,7 @@ struct DbKeys {
 }
 
 const LOCAL_KEYS: DbKeys = DbKeys {
-    side: "local",
+    side: Side::Local,
     host: "POSTGRES_SYNC_HOST",
     port: "POSTGRES_SYNC_PORT",
     db: "POSTGRES_SYNC_DB",
@@ -477,7 +501,7 @@ const LOCAL_KEYS: DbKeys = DbKeys {
 };
 
 const REMOTE_KEYS: DbKeys = DbKeys {
-    side: "remote",
+    side: Side::Remote,
     host: "POSTGRES_CLIENT_HOST",
     port: "POSTGRES_CLIENT_PORT",
     db: "POSTGRES_CLIENT_DB",

@@ -7,6 +7,7 @@ use std::time::Instant;
 use tokio_postgres::{IsolationLevel, Transaction};
 
 use super::{apply, entity, tenant, DownloadReport, DownloadRequest, EntityError, RunError};
+use crate::config::Side;
 use crate::error::chain;
 use crate::pg::{on_local, PgError, Pools};
 use crate::profile::{EntitySpec, OnMissing, Profile, RemoteSource, TenantId};
@@ -41,15 +42,15 @@ pub(super) async fn attempt(
         .read_only(true)
         .start()
         .await
-        .map_err(|e| PgError::query("remote", "begin the read-only snapshot", e))?;
+        .map_err(|e| PgError::query(Side::Remote, "begin the read-only snapshot", e))?;
     let local_client: &mut tokio_postgres::Client = &mut local;
     let ltx = local_client
         .transaction()
         .await
-        .map_err(|e| PgError::query("local", "begin the download transaction", e))?;
+        .map_err(|e| PgError::query(Side::Local, "begin the download transaction", e))?;
     rtx.batch_execute(sql::STABLE_TEXT_SETTINGS)
         .await
-        .map_err(|e| PgError::query("remote", "set text settings", e))?;
+        .map_err(|e| PgError::query(Side::Remote, "set text settings", e))?;
     refuse_unknown_tenant(&rtx, request.profile, &tenant).await?;
     ltx.batch_execute(&format!(
         "{}; {}",
@@ -57,9 +58,9 @@ pub(super) async fn attempt(
         sql::LOCAL_WORK_MEM
     ))
     .await
-    .map_err(|e| PgError::query("local", "set session settings", e))?;
-    let record_hash = server_version(&rtx, "remote").await? >= 140_000
-        && server_version(&ltx, "local").await? >= 140_000;
+    .map_err(|e| PgError::query(Side::Local, "set session settings", e))?;
+    let record_hash = server_version(&rtx, Side::Remote).await? >= 140_000
+        && server_version(&ltx, Side::Local).await? >= 140_000;
     let options = EntityOptions {
         record_hash,
         full: request.full,
@@ -150,7 +151,7 @@ pub(super) async fn attempt(
     }
     ltx.commit()
         .await
-        .map_err(|e| PgError::query("local", "commit the download", e))?;
+        .map_err(|e| PgError::query(Side::Local, "commit the download", e))?;
     // The snapshot was read-only; ending it cannot lose anything.
     let _ = rtx.rollback().await;
     for entity_report in report.entities.iter_mut().filter(|e| e.error.is_none()) {
@@ -178,7 +179,7 @@ async fn refuse_unknown_tenant(
     };
     rtx.batch_execute("savepoint meter_sync_tenant_check")
         .await
-        .map_err(|e| PgError::query("remote", "look up the tenant", e))?;
+        .map_err(|e| PgError::query(Side::Remote, "look up the tenant", e))?;
     match rtx
         .query_one(&sql::count_remote_rows(entity, tenant), &[])
         .await
@@ -195,13 +196,13 @@ async fn refuse_unknown_tenant(
             tracing::debug!(error = %crate::pg::describe(&e), "tenant lookup failed; the tenant entity will report it");
             rtx.batch_execute("rollback to savepoint meter_sync_tenant_check")
                 .await
-                .map_err(|e| PgError::query("remote", "look up the tenant", e))?;
+                .map_err(|e| PgError::query(Side::Remote, "look up the tenant", e))?;
             Ok(())
         }
     }
 }
 
-async fn server_version(tx: &Transaction<'_>, side: &'static str) -> Result<i32, PgError> {
+async fn server_version(tx: &Transaction<'_>, side: Side) -> Result<i32, PgError> {
     let row = tx
         .query_one("select current_setting('server_version_num')::int", &[])
         .await
@@ -216,10 +217,10 @@ async fn savepoints(
 ) -> Result<(), PgError> {
     ltx.batch_execute(statement)
         .await
-        .map_err(|e| PgError::query("local", statement.to_string(), e))?;
+        .map_err(|e| PgError::query(Side::Local, statement.to_string(), e))?;
     rtx.batch_execute(statement)
         .await
-        .map_err(|e| PgError::query("remote", statement.to_string(), e))
+        .map_err(|e| PgError::query(Side::Remote, statement.to_string(), e))
 }
 
 /// Per-run choices that apply to every entity.

@@ -6,6 +6,7 @@ use tokio_postgres::types::Type;
 use tokio_postgres::Transaction;
 
 use super::EntityError;
+use crate::config::Side;
 use crate::convert::{self, Conversion, Direction};
 use crate::pg::{on_remote, PgError};
 use crate::profile::{EntitySpec, TenantId, VERSION_COLUMN};
@@ -28,7 +29,7 @@ pub(super) async fn check(
     tenant: &TenantId,
     versioned: bool,
 ) -> Result<Columns, EntityError> {
-    let present = crate::schema::table_columns(ltx, &entity.table, "local").await?;
+    let present = crate::schema::table_columns(ltx, &entity.table, Side::Local).await?;
     if present.is_empty() {
         return Err(EntityError::LocalTableMissing {
             table: entity.table.to_string(),
@@ -44,10 +45,13 @@ pub(super) async fn check(
             columns: missing.join(", "),
         });
     }
-    let local = ltx
-        .prepare(&sql::local_select(entity))
-        .await
-        .map_err(|e| PgError::query("local", format!("read the columns of {}", entity.table), e))?;
+    let local = ltx.prepare(&sql::local_select(entity)).await.map_err(|e| {
+        PgError::query(
+            Side::Local,
+            format!("read the columns of {}", entity.table),
+            e,
+        )
+    })?;
     let remote = rtx
         .prepare(&sql::remote_select(entity, tenant, versioned, &[]))
         .await

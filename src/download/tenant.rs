@@ -3,6 +3,7 @@
 
 use tokio_postgres::GenericClient;
 
+use crate::config::Side;
 use crate::pg::PgError;
 use crate::profile::{Profile, TenantId};
 
@@ -46,7 +47,9 @@ pub async fn resolve(
         // No local tenant table yet (not migrated): only TENANT_ID can say.
         Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => Vec::new(),
         Err(e) => {
-            return Err(PgError::query("local", format!("read the local {table} table"), e).into())
+            return Err(
+                PgError::query(Side::Local, format!("read the local {table} table"), e).into(),
+            )
         }
     };
     let found: Vec<String> = rows.iter().map(|r| r.get::<_, String>(0)).collect();
@@ -73,7 +76,7 @@ pub async fn resolve(
                     .query_one(&crate::sql::count_rows(&entity.table), &[])
                     .await
                     .map_err(|e| {
-                        PgError::query("local", format!("count the local {table} table"), e)
+                        PgError::query(Side::Local, format!("count the local {table} table"), e)
                     })?
                     .get(0);
                 Err(TenantError::Several { table, count })

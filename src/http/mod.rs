@@ -18,7 +18,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::config::Config;
+use crate::config::{Config, Side};
 use crate::cycle::{EntitySyncResult, SyncCycleResult};
 use crate::runlock::{RunKind, Running, Trigger};
 use crate::service::{Service, TriggerError};
@@ -525,10 +525,10 @@ async fn answers(pool: &deadpool_postgres::Pool) -> bool {
 async fn ready(State(service): State<Service>) -> Response {
     let pools = service.pools();
     let (local, remote) = tokio::join!(answers(&pools.local), answers(&pools.remote));
-    let down: Vec<&str> = [("local", local), ("remote", remote)]
+    let down: Vec<&str> = [(Side::Local, local), (Side::Remote, remote)]
         .iter()
         .filter(|(_, up)| !up)
-        .map(|(side, _)| *side)
+        .map(|(side, _)| side.as_str())
         .collect();
     let body = Health {
         status: if down.is_empty() {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::error::SqlState;
 
-use crate::config::{Config, DbConfig, PoolConfig, RetryConfig};
+use crate::config::{Config, DbConfig, PoolConfig, RetryConfig, Side};
 pub use raw::RawValue;
 pub use tls::TlsError;
 
@@ -22,7 +22,7 @@ pub const APPLICATION_NAME: &str = "meter-sync";
 pub enum PgError {
     #[error("{side} database {address}: cannot connect: {message}")]
     Connect {
-        side: &'static str,
+        side: Side,
         address: String,
         message: String,
         #[source]
@@ -30,7 +30,7 @@ pub enum PgError {
     },
     #[error("{side} database {address}: no connection within {timeout:?}")]
     ConnectTimeout {
-        side: &'static str,
+        side: Side,
         address: String,
         timeout: Duration,
     },
@@ -38,14 +38,14 @@ pub enum PgError {
     Tls(#[from] TlsError),
     #[error("{side} database {address}: connection pool: {message}")]
     Pool {
-        side: &'static str,
+        side: Side,
         address: String,
         message: String,
         retryable: bool,
     },
     #[error("{side} database: {context}: {message}")]
     Query {
-        side: &'static str,
+        side: Side,
         context: String,
         message: String,
         #[source]
@@ -55,11 +55,7 @@ pub enum PgError {
 
 impl PgError {
     /// Wraps a statement failure with what was being done.
-    pub fn query(
-        side: &'static str,
-        context: impl Into<String>,
-        source: tokio_postgres::Error,
-    ) -> Self {
+    pub fn query(side: Side, context: impl Into<String>, source: tokio_postgres::Error) -> Self {
         PgError::Query {
             side,
             context: context.into(),
@@ -79,14 +75,14 @@ impl PgError {
         }
     }
 
-    /// Which database the error came from (`local` or `remote`).
-    pub fn side(&self) -> &'static str {
+    /// Which database the error came from.
+    pub fn side(&self) -> Side {
         match self {
             PgError::Connect { side, .. }
             | PgError::ConnectTimeout { side, .. }
             | PgError::Pool { side, .. }
-            | PgError::Query { side, .. } => side,
-            PgError::Tls(_) => "",
+            | PgError::Query { side, .. } => *side,
+            PgError::Tls(e) => e.side(),
         }
     }
 
@@ -101,12 +97,12 @@ impl PgError {
 
 /// A `map_err` adapter for a local statement: `.map_err(pg::on_local("claim readings"))`.
 pub fn on_local(context: &'static str) -> impl Fn(tokio_postgres::Error) -> PgError {
-    move |e| PgError::query("local", context, e)
+    move |e| PgError::query(Side::Local, context, e)
 }
 
 /// A `map_err` adapter for a remote statement.
 pub fn on_remote(context: &'static str) -> impl Fn(tokio_postgres::Error) -> PgError {
-    move |e| PgError::query("remote", context, e)
+    move |e| PgError::query(Side::Remote, context, e)
 }
 
 /// The retry rule: SQLSTATE classes 08 (connection), 40 (transaction rollback: serialization,
@@ -231,7 +227,7 @@ pub async fn connect(db: &DbConfig, pool: &PoolConfig) -> Result<tokio_postgres:
             let side = db.side;
             tokio::spawn(async move {
                 if let Err(e) = connection.await {
-                    tracing::debug!(side, error = %describe(&e), "database connection ended");
+                    tracing::debug!(side = %side, error = %describe(&e), "database connection ended");
                 }
             });
             Ok(client)

@@ -10,28 +10,40 @@ use rustls::{
 };
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::config::{DbConfig, SslMode};
+use crate::config::{DbConfig, Side, SslMode};
 
 /// Why a TLS setup could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("{side} database: cannot read CA file {path}")]
     ReadCa {
-        side: &'static str,
+        side: Side,
         path: String,
         #[source]
         source: std::io::Error,
     },
     #[error("{side} database: CA file {path} holds no usable certificate")]
-    EmptyCa { side: &'static str, path: String },
+    EmptyCa { side: Side, path: String },
     #[error("{side} database: no trusted root certificates (set the SSLROOTCERT key)")]
-    NoRoots { side: &'static str },
+    NoRoots { side: Side },
     #[error("{side} database: TLS setup failed")]
     Rustls {
-        side: &'static str,
+        side: Side,
         #[source]
         source: rustls::Error,
     },
+}
+
+impl TlsError {
+    /// Which database's TLS settings are at fault.
+    pub fn side(&self) -> Side {
+        match self {
+            TlsError::ReadCa { side, .. }
+            | TlsError::EmptyCa { side, .. }
+            | TlsError::NoRoots { side }
+            | TlsError::Rustls { side, .. } => *side,
+        }
+    }
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {

@@ -3,6 +3,7 @@
 use super::claim::{begin_claim, end_local, send, Destination, Session};
 use super::workers::{BatchOutcome, Key};
 use super::{refused, UploadError, UploadRequest};
+use crate::config::Side;
 use crate::logging::Steps;
 
 /// Outcome of the direct path.
@@ -48,7 +49,7 @@ pub(super) async fn batch(
                 rejected: Vec::new(),
             })))
         }
-        Err(e) if e.side() == "remote" && refused::is_refusal(e.code()) => {
+        Err(e) if e.side() == Side::Remote && refused::is_refusal(e.code()) => {
             // The failed COPY rolled itself back on the remote.
             end_local(local, "rollback", "roll back the batch").await?;
             tracing::debug!(error = %e, "direct copy refused; going through the stage");

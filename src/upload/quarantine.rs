@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio_postgres::GenericClient;
 
+use crate::config::Side;
 use crate::pg::PgError;
 use crate::profile::ReadingsSpec;
 use crate::sql;
@@ -28,7 +29,7 @@ pub async fn list(
     let rows = client
         .query(&sql::list_quarantined(readings), &[&limit])
         .await
-        .map_err(|e| PgError::query("local", "list quarantined readings", e))?;
+        .map_err(|e| PgError::query(Side::Local, "list quarantined readings", e))?;
     Ok(rows
         .iter()
         .map(|r| QuarantinedReading {
@@ -60,6 +61,6 @@ pub async fn release(
                 .await
         }
     }
-    .map_err(|e| PgError::query("local", "release quarantined readings", e))?;
+    .map_err(|e| PgError::query(Side::Local, "release quarantined readings", e))?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }

@@ -10,6 +10,7 @@ use super::claim::{begin_claim_locked, send, Destination, Session};
 use super::plan::Plan;
 use super::workers::BatchOutcome;
 use super::{RejectedReading, UploadError, UploadRequest};
+use crate::config::Side;
 use crate::pg::{on_local, on_remote, PgError};
 use crate::sql;
 
@@ -112,7 +113,7 @@ async fn bisect(
                     pending.push(left.to_vec());
                 }
             }
-            Err(e) => return Err(PgError::query("remote", "insert the readings", e)),
+            Err(e) => return Err(PgError::query(Side::Remote, "insert the readings", e)),
         }
     }
     Ok((inserted, refused))

@@ -6,6 +6,7 @@ use super::claim::{begin_claim, end_local, send, Destination, Session};
 use super::plan::Plan;
 use super::workers::{BatchOutcome, Key};
 use super::{refused, UploadError, UploadRequest};
+use crate::config::Side;
 use crate::logging::Steps;
 use crate::pg::{on_local, on_remote, PgError};
 
@@ -58,6 +59,6 @@ pub(super) async fn batch(
             end_local(local, "rollback", "roll back the refused batch").await?;
             refused::batch(local, remote, session, request, plan).await
         }
-        Err(e) => Err(PgError::query("remote", "insert the readings", e).into()),
+        Err(e) => Err(PgError::query(Side::Remote, "insert the readings", e).into()),
     }
 }
