@@ -23,6 +23,7 @@ pub mod profile;
 pub mod progress;
 pub mod record;
 pub mod runlock;
+pub mod scheduler;
 pub mod schema;
 pub mod service;
 pub mod sql;

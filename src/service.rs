@@ -1,23 +1,20 @@
-//! The running service: single-flight runs (one at a time in this process, and across
-//! processes through the run lock), triggers from the scheduler, API, MCP and CLI, the status
-//! and metrics they report, and graceful shutdown.
+//! The running service, the one way into a run for every surface: single-flight runs (one at a
+//! time in this process, and across processes through the run lock), triggers from the
+//! scheduler, API, MCP and CLI, the status and metrics they report, and graceful shutdown.
 
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 use tokio::task::{AbortHandle, JoinHandle};
-use tokio::time::Instant;
 
 use crate::config::Config;
-use crate::cron::CronSchedule;
 use crate::cycle::{self, RunRequest, SyncCycleResult};
 use crate::metrics::Metrics;
 use crate::pg::{PgError, Pools};
 use crate::profile::Profile;
 use crate::runlock::{LockError, RunKind, RunLock, Running, Trigger};
+use crate::scheduler::{self, Clock, Fired, Job, Schedule};
 use crate::status::{self, MeterSyncStatus, SyncStatus};
 
 /// Why a trigger was refused.
@@ -238,7 +235,7 @@ impl Service {
     /// Runs the schedule of the configuration until `stop` turns true.
     pub async fn run_schedule(&self, stop: watch::Receiver<bool>) {
         let schedule = Schedule::from_config(&self.inner.config);
-        run_schedule(&schedule, Clock::System, stop, |job| {
+        scheduler::run_schedule(&schedule, Clock::System, stop, |job| {
             let service = self.clone();
             async move { service.scheduled(job).await }
         })
@@ -284,164 +281,4 @@ fn guard<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// A scheduled job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Job {
-    /// The full cycle at start-up.
-    Startup,
-    /// Upload and download due together.
-    Cycle,
-    Upload,
-    Download,
-    /// Delete `sync_logs` rows past their retention.
-    PruneLogs,
-}
-
-/// What happened to a fired job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fired {
-    Done,
-    /// The run's download failed: it is retried with the next upload
-    /// (as a cycle) instead of waiting for the next cron time.
-    Failed,
-    /// Another run was in progress: a due download is retried shortly, a due upload waits for
-    /// its next tick.
-    Busy,
-}
-
-/// When jobs are due.
-#[derive(Debug, Clone)]
-pub struct Schedule {
-    pub upload_every: Duration,
-    pub download_cron: CronSchedule,
-    pub prune_every: Duration,
-    /// How soon a download deferred by another run is tried again.
-    pub retry_busy: Duration,
-}
-
-impl Schedule {
-    pub fn from_config(config: &Config) -> Self {
-        Self {
-            upload_every: config.sync_interval,
-            download_cron: config.meter_sync_cron.clone(),
-            prune_every: Duration::from_secs(24 * 3600),
-            retry_busy: Duration::from_secs(1),
-        }
-    }
-}
-
-/// Wall-clock time for the cron schedule.
-#[derive(Debug, Clone, Copy)]
-pub enum Clock {
-    System,
-    /// Wall time that follows tokio's clock from a starting point (for tests with paused time).
-    Tokio {
-        wall: DateTime<Utc>,
-        at: Instant,
-    },
-}
-
-impl Clock {
-    pub fn now(&self) -> DateTime<Utc> {
-        match self {
-            Clock::System => Utc::now(),
-            Clock::Tokio { wall, at } => {
-                *wall + chrono::Duration::from_std(at.elapsed()).unwrap_or_default()
-            }
-        }
-    }
-
-    /// The tokio instant of a wall time (now, if it is past).
-    fn instant_of(&self, when: DateTime<Utc>) -> Instant {
-        Instant::now() + (when - self.now()).to_std().unwrap_or_default()
-    }
-}
-
-/// The scheduler: the start-up cycle, then uploads every `upload_every` and downloads on the
-/// cron schedule (together as one cycle when both are due), and the daily log pruning, until
-/// `stop` turns true. `fire` runs a job to its end (or reports it busy). A download deferred by
-/// another run is retried every `retry_busy`; a failed one (the remote down, say) is retried
-/// with the next upload, as a cycle.
-pub async fn run_schedule<F, Fut>(
-    schedule: &Schedule,
-    clock: Clock,
-    mut stop: watch::Receiver<bool>,
-    mut fire: F,
-) where
-    F: FnMut(Job) -> Fut,
-    Fut: Future<Output = Fired>,
-{
-    let next_cron = |clock: &Clock| {
-        schedule
-            .download_cron
-            .next_after(clock.now())
-            .map(|when| clock.instant_of(when))
-    };
-    let start = Instant::now();
-    let mut next_upload = start + schedule.upload_every;
-    let mut next_download = next_cron(&clock);
-    let mut next_prune = start;
-    let mut download_pending = false;
-    let mut download_failed = false;
-    let mut first = Some(Job::Startup);
-    loop {
-        if *stop.borrow() {
-            return;
-        }
-        let job = if let Some(job) = first.take() {
-            Some(job)
-        } else {
-            let mut wake = next_upload.min(next_prune);
-            if let Some(at) = next_download {
-                wake = wake.min(at);
-            }
-            if download_pending {
-                wake = wake.min(Instant::now() + schedule.retry_busy);
-            }
-            tokio::select! {
-                _ = tokio::time::sleep_until(wake) => {}
-                _ = stop.changed() => return,
-            }
-            let now = Instant::now();
-            if now >= next_prune {
-                next_prune = now + schedule.prune_every;
-                tokio::select! {
-                    _ = fire(Job::PruneLogs) => {}
-                    _ = stop.changed() => return,
-                }
-            }
-            if next_download.is_some_and(|at| now >= at) {
-                download_pending = true;
-                // The next occurrence strictly after this one.
-                next_download = next_cron(&clock).map(|at| at.max(now + Duration::from_millis(1)));
-            }
-            let upload_due = now >= next_upload;
-            if upload_due {
-                next_upload += schedule.upload_every;
-                if next_upload <= now {
-                    next_upload = now + schedule.upload_every;
-                }
-            }
-            match (
-                upload_due,
-                download_pending || (upload_due && download_failed),
-            ) {
-                (true, true) => Some(Job::Cycle),
-                (true, false) => Some(Job::Upload),
-                (false, true) => Some(Job::Download),
-                (false, false) => None,
-            }
-        };
-        let Some(job) = job else { continue };
-        let fired = tokio::select! {
-            fired = fire(job) => fired,
-            _ = stop.changed() => return,
-        };
-        if matches!(job, Job::Startup | Job::Cycle | Job::Download) {
-            download_pending = fired == Fired::Busy;
-            download_failed = fired == Fired::Failed;
-        }
-    }
 }
