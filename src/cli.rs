@@ -416,8 +416,8 @@ async fn run_once(
         }
     };
     service.shutdown(std::time::Duration::ZERO).await;
-    result.ok_or_else(|| {
-        eprintln!("meter-sync: the run was cut short");
+    result.map_err(|cut| {
+        eprintln!("meter-sync: {cut}");
         Exit::Failed.into()
     })
 }

@@ -63,6 +63,14 @@ pub struct SyncCycleResult {
 }
 
 impl SyncCycleResult {
+    /// What the run did, in a sentence (the `message` of a trigger's answer).
+    pub fn message(&self) -> String {
+        match self.first_error() {
+            None => format!("{} finished in {} ms", self.kind, self.total_duration_ms),
+            Some(error) => format!("{} finished with errors: {error}", self.kind),
+        }
+    }
+
     /// The first error of the parts that ran.
     pub fn first_error(&self) -> Option<String> {
         let upload = self

@@ -12,14 +12,11 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use rmcp::{schemars, tool, tool_handler, tool_router, ErrorData, ServerHandler};
 use serde::{Deserialize, Serialize};
 
-use crate::config::Side;
 use crate::cycle::SyncCycleResult;
-use crate::profile::OnMissing;
 use crate::runlock::{RunKind, Trigger};
 use crate::service::Service;
-
-/// Largest `limit` of `get_sync_logs` and `list_meters`.
-const MAX_LIMIT: u32 = 1000;
+use crate::status::MetersError;
+use crate::synclog::LogsQuery;
 
 /// `get_sync_logs` arguments.
 #[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
@@ -80,9 +77,10 @@ impl McpServer {
             .trigger(kind, Trigger::Mcp)
             .await
             .map_err(|e| tool_error(e.to_string()))?;
-        handle.wait().await.ok_or_else(|| {
-            tool_error("the run was cut short by a shutdown; unsent readings stay queued")
-        })
+        handle
+            .wait()
+            .await
+            .map_err(|cut| tool_error(cut.to_string()))
     }
 
     async fn answer<T: Serialize>(
@@ -94,7 +92,7 @@ impl McpServer {
             Ok(result) => {
                 let answer = TriggerAnswer {
                     success: result.success,
-                    message: crate::http::finished_message(&result),
+                    message: result.message(),
                     result: pick(&result),
                 };
                 let mut call = structured(answer)?;
@@ -151,23 +149,15 @@ impl McpServer {
         &self,
         Parameters(args): Parameters<LogsArgs>,
     ) -> Result<CallToolResult, ErrorData> {
-        let limit = args.limit.unwrap_or(20);
-        if !(1..=MAX_LIMIT).contains(&limit) {
-            return Ok(tool_error(format!(
-                "limit={limit} is out of range: give 1 to {MAX_LIMIT}"
-            )));
-        }
-        let sync_type = args.sync_type.as_deref().filter(|t| !t.is_empty());
-        if let Some(t) = sync_type.filter(|t| !matches!(*t, "upload" | "download")) {
-            return Ok(tool_error(format!(
-                "type={t:?} is not known: give upload or download"
-            )));
-        }
-        let logs = async {
-            let client = self.service.pools().local().await?;
-            crate::synclog::recent(&**client, sync_type, i64::from(limit)).await
-        }
-        .await;
+        let query = match LogsQuery::new(
+            i64::from(args.limit.unwrap_or(20)),
+            args.sync_type.as_deref(),
+            "type",
+        ) {
+            Ok(query) => query,
+            Err(e) => return Ok(tool_error(e.to_string())),
+        };
+        let logs = self.service.sync_logs(query).await;
         match logs {
             Ok(logs) => structured(serde_json::json!({ "logs": logs })),
             Err(e) => Ok(tool_error(format!("cannot read the sync logs: {e}"))),
@@ -181,42 +171,18 @@ impl McpServer {
         &self,
         Parameters(args): Parameters<MetersArgs>,
     ) -> Result<CallToolResult, ErrorData> {
-        let limit = args.limit.unwrap_or(100);
-        if !(1..=MAX_LIMIT).contains(&limit) {
-            return Ok(tool_error(format!(
-                "limit={limit} is out of range: give 1 to {MAX_LIMIT}"
-            )));
-        }
-        let Some(entity) = crate::cycle::meter_entity(self.service.profile()) else {
-            return Ok(tool_error("the profile has no meter table"));
-        };
-        let active = match &entity.on_missing {
-            OnMissing::Deactivate { column } => Some(column),
-            _ => None,
-        };
-        if args.active.is_some() && active.is_none() {
-            return Ok(tool_error(format!(
-                "the {} table has no active column in this profile: omit `active`",
-                entity.table
-            )));
-        }
-        let rows = async {
-            let client = self.service.pools().local().await?;
-            client
-                .query(
-                    &crate::sql::list_rows(entity, active),
-                    &[&args.active, &i64::from(limit)],
-                )
-                .await
-                .map_err(|e| crate::pg::PgError::query(Side::Local, "list meters", e))
-        }
-        .await;
-        match rows {
-            Ok(rows) => {
-                let meters: Vec<serde_json::Value> = rows.iter().map(|r| r.get(0)).collect();
+        let meters = self
+            .service
+            .list_meters(args.active, i64::from(args.limit.unwrap_or(100)))
+            .await;
+        match meters {
+            Ok(meters) => {
                 structured(serde_json::json!({ "count": meters.len(), "meters": meters }))
             }
-            Err(e) => Ok(tool_error(format!("cannot list the meters: {e}"))),
+            Err(e @ MetersError::Database(_)) => {
+                Ok(tool_error(format!("cannot list the meters: {e}")))
+            }
+            Err(e) => Ok(tool_error(e.to_string())),
         }
     }
 }

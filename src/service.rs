@@ -16,6 +16,7 @@ use crate::profile::Profile;
 use crate::runlock::{LockError, RunKind, RunLock, Running, Trigger};
 use crate::scheduler::{self, Clock, Fired, Job, Schedule};
 use crate::status::{self, MeterSyncStatus, SyncStatus};
+use crate::synclog::{self, LogRow, LogsQuery};
 
 /// Why a trigger was refused.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -54,11 +55,15 @@ pub struct RunHandle {
     task: JoinHandle<Arc<SyncCycleResult>>,
 }
 
+/// A run was cut short by a shutdown past `SHUTDOWN_GRACE_SECONDS`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the run was cut short by a shutdown; unsent readings stay queued")]
+pub struct CutShort;
+
 impl RunHandle {
-    /// Waits for the run to finish. Dropping the wait does not stop the run. `None` when the
-    /// run was cut short by a shutdown past `SHUTDOWN_GRACE_SECONDS`.
-    pub async fn wait(self) -> Option<Arc<SyncCycleResult>> {
-        self.task.await.ok()
+    /// Waits for the run to finish. Dropping the wait does not stop the run.
+    pub async fn wait(self) -> Result<Arc<SyncCycleResult>, CutShort> {
+        self.task.await.map_err(|_| CutShort)
     }
 }
 
@@ -188,6 +193,21 @@ impl Service {
         status::meter_sync_status(&self.inner.pools, &self.inner.profile, self.running()).await
     }
 
+    /// The newest `sync_logs` rows.
+    pub async fn sync_logs(&self, query: LogsQuery) -> Result<Vec<LogRow>, PgError> {
+        let client = self.inner.pools.local().await?;
+        synclog::recent(&**client, query).await
+    }
+
+    /// The local meters, in key order, optionally only active or inactive ones.
+    pub async fn list_meters(
+        &self,
+        active: Option<bool>,
+        limit: i64,
+    ) -> Result<Vec<serde_json::Value>, status::MetersError> {
+        status::list_meters(&self.inner.pools, &self.inner.profile, active, limit).await
+    }
+
     /// The Prometheus text, with the database gauges measured now.
     pub async fn metrics_text(&self) -> String {
         let status = self.sync_status().await;
@@ -198,7 +218,7 @@ impl Service {
     pub async fn prune_logs(&self) -> Result<u64, PgError> {
         let client = self.inner.pools.local().await?;
         let days = self.inner.config.sync_log_retention_days;
-        let deleted = crate::synclog::prune(&**client, days).await?;
+        let deleted = synclog::prune(&**client, days).await?;
         if deleted > 0 {
             tracing::info!(deleted, days, "old sync_logs rows deleted");
         }
@@ -221,7 +241,7 @@ impl Service {
         };
         match self.trigger(kind, trigger).await {
             Ok(handle) => match handle.wait().await {
-                Some(result) if result.download.as_ref().is_none_or(|d| d.success()) => Fired::Done,
+                Ok(result) if result.download.as_ref().is_none_or(|d| d.success()) => Fired::Done,
                 _ => Fired::Failed,
             },
             Err(TriggerError::Busy(running)) => {

@@ -13,6 +13,7 @@ use crate::cycle;
 use crate::pg::{PgError, Pools};
 use crate::profile::{EntitySpec, OnMissing, Profile, TenantId};
 use crate::runlock::{self, Running};
+use crate::synclog::{self, LogRow, SyncType};
 
 /// The local meter count of spec 003 (property 7): active rows of the profile's meter entity
 /// (`meter`, or `meters` in the 004 layout); all rows when the entity is never deactivated.
@@ -35,7 +36,8 @@ pub async fn meter_count(
     Ok(Some(row.get(0)))
 }
 
-/// The latest `sync_logs` row of each kind of run (the upload, each downloaded entity).
+/// The latest run of each part (the upload, each downloaded entity), as the status shows it:
+/// a `sync_logs` row without its id and details.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct LastRun {
     pub sync_type: String,
@@ -51,33 +53,22 @@ pub struct LastRun {
     pub skipped: i32,
 }
 
-/// The latest run of each kind, read back from `sync_logs` (so it survives restarts).
-pub async fn last_runs(client: &impl GenericClient) -> Result<Vec<LastRun>, PgError> {
-    let rows = client
-        .query(
-            "select distinct on (sync_type, entity) sync_type::text, entity::text, success, timestamp, duration_ms, error_message,
-                    records_processed, inserted, updated, deleted, skipped
-             from sync_logs order by sync_type, entity, timestamp desc, id desc",
-            &[],
-        )
-        .await
-        .map_err(|e| PgError::query(Side::Local, "read sync_logs", e))?;
-    Ok(rows
-        .iter()
-        .map(|r| LastRun {
-            sync_type: r.get(0),
-            entity: r.get(1),
-            success: r.get(2),
-            timestamp: r.get(3),
-            duration_ms: r.get(4),
-            error_message: r.get(5),
-            records_processed: r.get(6),
-            inserted: r.get(7),
-            updated: r.get(8),
-            deleted: r.get(9),
-            skipped: r.get(10),
-        })
-        .collect())
+impl From<LogRow> for LastRun {
+    fn from(r: LogRow) -> Self {
+        Self {
+            sync_type: r.sync_type,
+            entity: r.entity,
+            success: r.success,
+            timestamp: r.timestamp,
+            duration_ms: r.duration_ms,
+            error_message: r.error_message,
+            records_processed: r.records_processed,
+            inserted: r.inserted,
+            updated: r.updated,
+            deleted: r.deleted,
+            skipped: r.skipped,
+        }
+    }
 }
 
 /// 004's `SyncStatus` (snake_case), with the queue details and the last result of each part.
@@ -158,14 +149,7 @@ async fn local_part(
         Some(r) => Some(crate::upload::queue_stats(client, r).await?),
         None => None,
     };
-    let total_uploaded: i64 = client
-        .query_one(
-            "select coalesce(sum(inserted), 0)::bigint from sync_logs where sync_type = 'upload'",
-            &[],
-        )
-        .await
-        .map_err(|e| PgError::query(Side::Local, "sum uploads in sync_logs", e))?
-        .get(0);
+    let total_uploaded = synclog::total_uploaded(client).await?;
     let tenant_count = match cycle::tenant_entity(profile) {
         Some(entity) => Some(count(client, Side::Local, entity, None).await?),
         None => None,
@@ -173,9 +157,13 @@ async fn local_part(
     let tenant = crate::download::resolve_tenant(client, config.tenant_id.as_ref(), profile)
         .await
         .ok();
-    let mut runs = last_runs(client).await?;
+    let mut runs: Vec<LastRun> = synclog::latest_per_part(client)
+        .await?
+        .into_iter()
+        .map(LastRun::from)
+        .collect();
     runs.retain(|r| {
-        r.sync_type == "upload"
+        r.sync_type == SyncType::Upload.as_str()
             || r.entity
                 .as_deref()
                 .is_some_and(|e| profile.entity(e).is_some())
@@ -275,13 +263,19 @@ pub async fn sync_status(
     });
     let running = running.or_else(|| local.as_ref().and_then(|l| l.holder.clone()));
     let runs = local.as_ref().map(|l| l.runs.as_slice()).unwrap_or(&[]);
-    let last_upload = runs.iter().find(|r| r.sync_type == "upload").cloned();
+    let last_upload = runs
+        .iter()
+        .find(|r| r.sync_type == SyncType::Upload.as_str())
+        .cloned();
     let last_download: Vec<LastRun> = profile
         .entities
         .iter()
         .filter_map(|e| {
             runs.iter()
-                .find(|r| r.sync_type == "download" && r.entity.as_deref() == Some(e.name.as_str()))
+                .find(|r| {
+                    r.sync_type == SyncType::Download.as_str()
+                        && r.entity.as_deref() == Some(e.name.as_str())
+                })
                 .cloned()
         })
         .collect();
@@ -333,23 +327,54 @@ pub async fn meter_sync_status(
     let names: Vec<String> = cycle::meter_entity(profile)
         .map(|e| vec![e.name.to_string()])
         .unwrap_or_default();
-    let last = client
-        .query_opt(
-            "select timestamp, success, error_message, inserted::bigint, updated::bigint, deleted::bigint
-             from sync_logs where sync_type = 'download' and entity = any($1)
-             order by timestamp desc, id desc limit 1",
-            &[&names],
-        )
-        .await
-        .map_err(|e| PgError::query(Side::Local, "read sync_logs", e))?;
+    let last = synclog::latest_download(&**client, &names).await?;
     Ok(MeterSyncStatus {
-        last_sync_at: last.as_ref().map(|r| r.get(0)),
-        last_sync_success: last.as_ref().map(|r| r.get(1)),
-        last_sync_error: last.as_ref().and_then(|r| r.get(2)),
-        inserted_count: last.as_ref().map_or(0, |r| r.get(3)),
-        updated_count: last.as_ref().map_or(0, |r| r.get(4)),
-        deleted_count: last.as_ref().map_or(0, |r| r.get(5)),
+        last_sync_at: last.as_ref().map(|r| r.timestamp),
+        last_sync_success: last.as_ref().map(|r| r.success),
+        last_sync_error: last.as_ref().and_then(|r| r.error_message.clone()),
+        inserted_count: last.as_ref().map_or(0, |r| i64::from(r.inserted)),
+        updated_count: last.as_ref().map_or(0, |r| i64::from(r.updated)),
+        deleted_count: last.as_ref().map_or(0, |r| i64::from(r.deleted)),
         meter_count: meter_count(&**client, profile).await?.unwrap_or(0),
         is_syncing: running.is_some_and(|r| r.kind.downloads()),
     })
+}
+
+/// Why the meters could not be listed.
+#[derive(Debug, thiserror::Error)]
+pub enum MetersError {
+    #[error(transparent)]
+    Limit(#[from] synclog::QueryError),
+    #[error("the profile has no meter table")]
+    NoMeterTable,
+    #[error("the {table} table has no active column in this profile: omit `active`")]
+    NoActiveColumn { table: String },
+    #[error(transparent)]
+    Database(#[from] PgError),
+}
+
+/// The local meters as JSON objects, in key order; `active` filters on the deactivation column.
+pub async fn list_meters(
+    pools: &Pools,
+    profile: &Profile,
+    active: Option<bool>,
+    limit: i64,
+) -> Result<Vec<serde_json::Value>, MetersError> {
+    let limit = synclog::check_limit(limit)?;
+    let entity = cycle::meter_entity(profile).ok_or(MetersError::NoMeterTable)?;
+    let column = match &entity.on_missing {
+        OnMissing::Deactivate { column } => Some(column),
+        _ => None,
+    };
+    if active.is_some() && column.is_none() {
+        return Err(MetersError::NoActiveColumn {
+            table: entity.table.to_string(),
+        });
+    }
+    let client = pools.local().await?;
+    let rows = client
+        .query(&crate::sql::list_rows(entity, column), &[&active, &limit])
+        .await
+        .map_err(|e| PgError::query(Side::Local, "list meters", e))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }

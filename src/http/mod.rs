@@ -23,14 +23,12 @@ use crate::cycle::{EntitySyncResult, SyncCycleResult};
 use crate::runlock::{RunKind, Running, Trigger};
 use crate::service::{Service, TriggerError};
 use crate::status::{MeterSyncStatus, SyncStatus};
-use crate::synclog::LogRow;
+use crate::synclog::{self, LogRow};
 
 mod guard;
 
 pub use guard::{Guard, PAGE_POLICY};
 
-/// Largest `limit` of `/api/local/sync-logs`.
-pub const MAX_LOG_LIMIT: i64 = 1000;
 const DEFAULT_LOG_LIMIT: i64 = 50;
 /// Request bodies larger than this are refused (only `/mcp` takes a body: JSON-RPC messages).
 const BODY_LIMIT: usize = 1024 * 1024;
@@ -335,11 +333,11 @@ async fn start(
         return Ok(None);
     }
     match handle.wait().await {
-        Some(result) => Ok(Some(result)),
-        None => Err(ApiError::new(
+        Ok(result) => Ok(Some(result)),
+        Err(cut) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting_down",
-            "the run was cut short by a shutdown; unsent readings stay queued",
+            cut.to_string(),
         )),
     }
 }
@@ -351,17 +349,6 @@ fn started(kind: RunKind) -> Response {
         result: None,
     };
     (StatusCode::ACCEPTED, Json(body)).into_response()
-}
-
-/// The `message` of a finished run.
-pub fn finished_message(result: &SyncCycleResult) -> String {
-    match result.first_error() {
-        None => format!(
-            "{} finished in {} ms",
-            result.kind, result.total_duration_ms
-        ),
-        Some(error) => format!("{} finished with errors: {error}", result.kind),
-    }
 }
 
 /// 004's `SyncStatus`.
@@ -404,7 +391,7 @@ async fn cycle_response(
     };
     let body = TriggerResponse {
         success: result.success,
-        message: finished_message(&result),
+        message: result.message(),
         result: Some(result),
     };
     Ok(Json(body).into_response())
@@ -437,7 +424,7 @@ async fn meter_sync_trigger(
     };
     let body = TriggerResponse {
         success: result.success,
-        message: finished_message(&result),
+        message: result.message(),
         result: result.meter_download.clone(),
     };
     Ok(Json(body).into_response())
@@ -451,24 +438,16 @@ async fn sync_logs(
     query: Result<Query<LogsQuery>, QueryRejection>,
 ) -> Result<Json<LogsResponse>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let limit = query.limit.unwrap_or(DEFAULT_LOG_LIMIT);
-    if !(1..=MAX_LOG_LIMIT).contains(&limit) {
-        return Err(ApiError::bad_request(format!(
-            "limit={limit} is out of range: give 1 to {MAX_LOG_LIMIT}"
-        )));
-    }
-    let sync_type = query.sync_type.as_deref().filter(|t| !t.is_empty());
-    if let Some(t) = sync_type.filter(|t| !matches!(*t, "upload" | "download")) {
-        return Err(ApiError::bad_request(format!(
-            "sync_type={t:?} is not known: give upload or download"
-        )));
-    }
-    let logs = async {
-        let client = service.pools().local().await?;
-        crate::synclog::recent(&**client, sync_type, limit).await
-    }
-    .await
-    .map_err(|e| ApiError::database("sync logs", &e))?;
+    let query = synclog::LogsQuery::new(
+        query.limit.unwrap_or(DEFAULT_LOG_LIMIT),
+        query.sync_type.as_deref(),
+        "sync_type",
+    )
+    .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let logs = service
+        .sync_logs(query)
+        .await
+        .map_err(|e| ApiError::database("sync logs", &e))?;
     Ok(Json(LogsResponse { logs }))
 }
 
