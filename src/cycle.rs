@@ -10,13 +10,9 @@ use utoipa::ToSchema;
 use crate::config::Config;
 use crate::download::{self, DownloadReport, DownloadRequest};
 use crate::pg::{Backoff, Deadline, Pools};
-use crate::profile::{Profile, ReadingsSpec};
+use crate::profile::{Profile, ReadingsSpec, METER_ENTITIES, TENANT_ENTITIES};
 use crate::runlock::RunKind;
 use crate::upload::{self, UploadReport};
-
-/// The entity names of the meter and tenant tables in the two shipped layouts.
-const METER_ENTITIES: [&str; 2] = ["meter", "meters"];
-const TENANT_ENTITIES: [&str; 2] = ["tenant", "tenants"];
 
 /// The result of one entity's download in the shape of 003's `MeterSyncResult` (also used for
 /// the tenant, as 004's `TenantSyncResult`).
@@ -232,14 +228,4 @@ pub async fn run(
         ),
     }
     result
-}
-
-/// The meter entity of a profile (`meter`, or `meters` in the 004 layout).
-pub fn meter_entity(profile: &Profile) -> Option<&crate::profile::EntitySpec> {
-    METER_ENTITIES.iter().find_map(|n| profile.entity(n))
-}
-
-/// The tenant entity of a profile.
-pub fn tenant_entity(profile: &Profile) -> Option<&crate::profile::EntitySpec> {
-    TENANT_ENTITIES.iter().find_map(|n| profile.entity(n))
 }

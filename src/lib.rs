@@ -29,4 +29,5 @@ pub mod service;
 pub mod sql;
 pub mod status;
 pub mod synclog;
+pub mod tenant;
 pub mod upload;

@@ -9,7 +9,6 @@ use tokio_postgres::GenericClient;
 use utoipa::ToSchema;
 
 use crate::config::{Config, Side};
-use crate::cycle;
 use crate::pg::{PgError, Pools};
 use crate::profile::{EntitySpec, OnMissing, Profile, TenantId};
 use crate::runlock::{self, Running};
@@ -22,7 +21,7 @@ pub async fn meter_count(
     client: &impl GenericClient,
     profile: &Profile,
 ) -> Result<Option<i64>, PgError> {
-    let Some(entity) = cycle::meter_entity(profile) else {
+    let Some(entity) = profile.meter_entity() else {
         return Ok(None);
     };
     let active = match &entity.on_missing {
@@ -150,11 +149,11 @@ async fn local_part(
         None => None,
     };
     let total_uploaded = synclog::total_uploaded(client).await?;
-    let tenant_count = match cycle::tenant_entity(profile) {
+    let tenant_count = match profile.tenant_entity() {
         Some(entity) => Some(count(client, Side::Local, entity, None).await?),
         None => None,
     };
-    let tenant = crate::download::resolve_tenant(client, config.tenant_id.as_ref(), profile)
+    let tenant = crate::tenant::resolve(client, config.tenant_id.as_ref(), profile)
         .await
         .ok();
     let mut runs: Vec<LastRun> = synclog::latest_per_part(client)
@@ -241,8 +240,8 @@ pub async fn sync_status(
                         .map_err(|e| errors.push(e.to_string()))
                         .ok()
                 };
-                let meters = measure(cycle::meter_entity(profile)).await;
-                let tenants = measure(cycle::tenant_entity(profile)).await;
+                let meters = measure(profile.meter_entity()).await;
+                let tenants = measure(profile.tenant_entity()).await;
                 let connected = client.simple_query("select 1").await.is_ok();
                 let error = (!errors.is_empty()).then(|| errors.join("; "));
                 (connected, (meters, tenants), error)
@@ -324,7 +323,8 @@ pub async fn meter_sync_status(
         Some(r) => Some(r),
         None => runlock::holder(&**client).await?,
     };
-    let names: Vec<String> = cycle::meter_entity(profile)
+    let names: Vec<String> = profile
+        .meter_entity()
         .map(|e| vec![e.name.to_string()])
         .unwrap_or_default();
     let last = synclog::latest_download(&**client, &names).await?;
@@ -361,7 +361,7 @@ pub async fn list_meters(
     limit: i64,
 ) -> Result<Vec<serde_json::Value>, MetersError> {
     let limit = synclog::check_limit(limit)?;
-    let entity = cycle::meter_entity(profile).ok_or(MetersError::NoMeterTable)?;
+    let entity = profile.meter_entity().ok_or(MetersError::NoMeterTable)?;
     let column = match &entity.on_missing {
         OnMissing::Deactivate { column } => Some(column),
         _ => None,

@@ -6,13 +6,14 @@ use std::time::Instant;
 
 use tokio_postgres::{IsolationLevel, Transaction};
 
-use super::{apply, entity, tenant, DownloadReport, DownloadRequest, EntityError, RunError};
+use super::{apply, entity, DownloadReport, DownloadRequest, EntityError, RunError};
 use crate::config::Side;
 use crate::error::chain;
 use crate::pg::{on_local, PgError, Pools};
 use crate::profile::{EntitySpec, OnMissing, Profile, RemoteSource, TenantId};
 use crate::sql;
 use crate::sql::Target;
+use crate::tenant;
 
 /// How an attempt at a run ended.
 pub(super) enum Attempt {
@@ -174,7 +175,7 @@ async fn refuse_unknown_tenant(
     profile: &Profile,
     tenant: &TenantId,
 ) -> Result<(), RunError> {
-    let Some(entity) = crate::cycle::tenant_entity(profile) else {
+    let Some(entity) = profile.tenant_entity() else {
         return Ok(());
     };
     rtx.batch_execute("savepoint meter_sync_tenant_check")

@@ -21,7 +21,7 @@
 //! entity's first pass and the choice of strategy), `cold`, `diff` and `full` (the three
 //! strategies), `apply` (the collected removals, updates and inserts, the mass-delete guard),
 //! `rows` (streaming helpers and key checks), `columns` (the type rule on an entity's columns),
-//! `tenant`, `report`.
+//! `report`.
 
 mod apply;
 mod attempt;
@@ -32,12 +32,10 @@ mod entity;
 mod full;
 mod report;
 mod rows;
-mod tenant;
 
 use std::time::Instant;
 
 pub use report::{ChangedRow, DownloadReport, EntityReport, NewRow, Strategy, DETAIL_LIMIT};
-pub use tenant::{resolve as resolve_tenant, TenantError};
 
 use crate::error::chain;
 use crate::pg::{Backoff, Deadline, PgError, Pools, TimedOut};
@@ -79,7 +77,7 @@ pub enum EntityError {
 #[derive(Debug, thiserror::Error)]
 pub(super) enum RunError {
     #[error(transparent)]
-    Tenant(#[from] TenantError),
+    Tenant(#[from] crate::tenant::TenantError),
     #[error("tenant {tenant} is unknown to the remote database (no row in its {table}); check TENANT_ID. Nothing was changed")]
     UnknownTenant { tenant: String, table: String },
     #[error(transparent)]

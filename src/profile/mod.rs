@@ -288,7 +288,21 @@ impl Profile {
     pub fn entity(&self, name: &str) -> Option<&EntitySpec> {
         self.entities.iter().find(|e| e.name.as_str() == name)
     }
+
+    /// The meter entity (`meter`, or `meters` in the 004 layout), if any.
+    pub fn meter_entity(&self) -> Option<&EntitySpec> {
+        METER_ENTITIES.iter().find_map(|n| self.entity(n))
+    }
+
+    /// The tenant entity (`tenant`, or `tenants`), if any.
+    pub fn tenant_entity(&self) -> Option<&EntitySpec> {
+        TENANT_ENTITIES.iter().find_map(|n| self.entity(n))
+    }
 }
+
+/// The entity names of the meter and tenant tables in the two shipped layouts.
+pub const METER_ENTITIES: [&str; 2] = ["meter", "meters"];
+pub const TENANT_ENTITIES: [&str; 2] = ["tenant", "tenants"];
 
 #[cfg(test)]
 mod tests;

@@ -80,7 +80,7 @@ pub enum UploadError {
         detail: String,
     },
     #[error(transparent)]
-    Tenant(#[from] crate::download::TenantError),
+    Tenant(#[from] crate::tenant::TenantError),
     #[error(transparent)]
     Database(#[from] PgError),
     #[error(transparent)]
@@ -181,9 +181,7 @@ async fn drain(
     }
     plan::refresh_statistics(local, readings, before.size).await;
     let tenant = match &readings.tenant_column {
-        Some(_) => {
-            Some(crate::download::resolve_tenant(local, request.tenant, request.profile).await?)
-        }
+        Some(_) => Some(crate::tenant::resolve(local, request.tenant, request.profile).await?),
         None => None,
     };
     let foreign = match (&readings.tenant_column, &tenant) {

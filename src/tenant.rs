@@ -1,5 +1,5 @@
 //! Which tenant a site syncs: `TENANT_ID` if set, else the single row of the local tenant
-//! table; never "any remote tenant".
+//! table; never "any remote tenant". Both engines and the status settle it here.
 
 use tokio_postgres::GenericClient;
 
