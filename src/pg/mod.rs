@@ -205,6 +205,16 @@ pub fn driver_config(db: &DbConfig, pool: &PoolConfig) -> tokio_postgres::Config
     config
 }
 
+/// Connects once and reads the server's version (what `check` reports per side).
+pub async fn server_version(db: &DbConfig, pool: &PoolConfig) -> Result<String, PgError> {
+    let client = connect(db, pool).await?;
+    let row = client
+        .query_one("show server_version", &[])
+        .await
+        .map_err(|e| PgError::query(db.side, "read the server version", e))?;
+    Ok(row.get(0))
+}
+
 /// Opens one connection (not pooled), bounded by the connection timeout; the connection task
 /// is spawned and ends when the client is dropped.
 pub async fn connect(db: &DbConfig, pool: &PoolConfig) -> Result<tokio_postgres::Client, PgError> {
