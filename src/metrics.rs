@@ -52,9 +52,9 @@ pub struct Metrics {
     duration: Family<Part, Histogram, fn() -> Histogram>,
     last_success: Family<Part, FloatGauge>,
     entity_rows: Family<EntityChange, Counter>,
-    queue_size: Gauge,
+    queue_size: FloatGauge,
     oldest_age: FloatGauge,
-    quarantined_now: Gauge,
+    quarantined_now: FloatGauge,
     connected: Family<SideLabel, Gauge>,
     running: Gauge,
 }
@@ -82,9 +82,9 @@ impl Metrics {
             Family::<Part, Histogram, fn() -> Histogram>::new_with_constructor(duration_histogram);
         let last_success = Family::<Part, FloatGauge>::default();
         let entity_rows = Family::<EntityChange, Counter>::default();
-        let queue_size = Gauge::default();
+        let queue_size = FloatGauge::default();
         let oldest_age = FloatGauge::default();
-        let quarantined_now = Gauge::default();
+        let quarantined_now = FloatGauge::default();
         let connected = Family::<SideLabel, Gauge>::default();
         let running = Gauge::default();
         registry.register(
@@ -217,11 +217,21 @@ impl Metrics {
 
     /// The Prometheus text exposition, with the gauges set from `status`.
     pub fn render(&self, status: &SyncStatus) -> String {
-        self.queue_size.set(status.queue_size.unwrap_or(0));
+        // Unknown while the local database is down: NaN, as the status API says null (an
+        // empty queue is 0, its oldest reading's age too).
+        let measured = |value: Option<f64>| {
+            if status.local_db_connected {
+                value.unwrap_or(0.0)
+            } else {
+                f64::NAN
+            }
+        };
+        self.queue_size
+            .set(measured(status.queue_size.map(|n| n as f64)));
         self.oldest_age
-            .set(status.oldest_unsent_age_seconds.unwrap_or(0.0));
+            .set(measured(status.oldest_unsent_age_seconds));
         self.quarantined_now
-            .set(status.quarantined_count.unwrap_or(0));
+            .set(measured(status.quarantined_count.map(|n| n as f64)));
         self.connected
             .get_or_create(&SideLabel {
                 side: Side::Local.as_str(),

@@ -466,6 +466,52 @@ async fn metrics_parse_and_move_with_the_work() {
     app.stop().await;
 }
 
+#[tokio::test]
+async fn metrics_say_unknown_where_the_status_says_null() {
+    let closed = meter_sync::pgcluster::free_port().unwrap().to_string();
+    let (env, profile) = upload_env(
+        "svc_metrics_down",
+        &[
+            ("TENANT_ID", "1"),
+            ("POSTGRES_SYNC_PORT", closed.as_str()),
+            ("DB_CONNECTION_TIMEOUT_MS", "500"),
+        ],
+    )
+    .await;
+    let (app, base) = serve(&env, &profile).await;
+    let http = reqwest::Client::new();
+    let (_, status) = get(&http, &format!("{base}/api/local/sync-status")).await;
+    assert_eq!(status["local_db_connected"], false, "{status}");
+    assert_eq!(status["queue_size"], Value::Null);
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
+    let value = |name: &str| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name)
+            .map(|s| match s.value {
+                prometheus_parse::Value::Gauge(v) => v,
+                _ => panic!("{name} is not a gauge"),
+            })
+    };
+    for name in [
+        "meter_sync_queue_size",
+        "meter_sync_oldest_unsent_age_seconds",
+        "meter_sync_quarantined_readings",
+    ] {
+        assert!(value(name).unwrap().is_nan(), "{name}: {text}");
+    }
+    app.stop().await;
+}
+
 /// The meter entity's last result: success, inserted, updated, deleted.
 type MeterCounts = Option<(bool, u64, u64, u64)>;
 
