@@ -13,9 +13,9 @@ mod support;
 
 use std::time::Duration;
 
-use meter_sync::download::{self, DownloadRequest};
+use meter_sync::data::pg::{Backoff, Pools};
+use meter_sync::engine::download::{self, DownloadRequest};
 use meter_sync::fixture::{self, FixtureSize, Layout};
-use meter_sync::pg::{Backoff, Pools};
 use meter_sync::pgcluster::PgCluster;
 use meter_sync::profile::{Profile, TenantId};
 use support::*;
@@ -45,7 +45,7 @@ async fn prepare(sites: &Sites<'_>, name: &str, rows: i64) -> Pools {
         .unwrap();
     remote.batch_execute("vacuum analyze").await.unwrap();
     let mut local = connect(sites.local, name).await;
-    meter_sync::schema::migrate(&mut local, &sites.profile)
+    meter_sync::data::schema::migrate(&mut local, &sites.profile)
         .await
         .unwrap();
     Pools::new(&config(sites.local, name, sites.remote, name, &[])).unwrap()

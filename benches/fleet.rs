@@ -16,12 +16,12 @@ mod support;
 
 use std::time::Duration;
 
-use meter_sync::cycle::SyncCycleResult;
+use meter_sync::data::pg::Pools;
+use meter_sync::data::runlock::RunKind;
 use meter_sync::fixture::{FixtureSize, Layout};
-use meter_sync::pg::Pools;
 use meter_sync::pgcluster::{ClusterOptions, PgCluster};
 use meter_sync::profile::Profile;
-use meter_sync::runlock::RunKind;
+use meter_sync::service::cycle::SyncCycleResult;
 
 use support::{
     config, connect, create_db, env_rows, median, peak_rss_mib, rate, reset_peak_rss, secs, timed,
@@ -80,7 +80,8 @@ async fn agent(
         ],
     );
     let pools = Pools::new(&config).unwrap();
-    let result = meter_sync::cycle::run(&pools, &config, profile, &RunKind::Cycle.into()).await;
+    let result =
+        meter_sync::service::cycle::run(&pools, &config, profile, &RunKind::Cycle.into()).await;
     pools.local.close();
     pools.remote.close();
     result
@@ -132,7 +133,7 @@ async fn fresh_sites(
             .unwrap();
         create_db(site, &db).await;
         let mut client = connect(site, &db).await;
-        meter_sync::schema::migrate(&mut client, profile)
+        meter_sync::data::schema::migrate(&mut client, profile)
             .await
             .unwrap();
     }

@@ -14,8 +14,8 @@ mod support;
 
 use std::time::Duration;
 
+use meter_sync::data::pg::Pools;
 use meter_sync::fixture::{insert_local_readings, Layout};
-use meter_sync::pg::Pools;
 use meter_sync::pgcluster::PgCluster;
 use meter_sync::profile::Profile;
 use support::*;
@@ -128,7 +128,7 @@ fn main() {
         connect(&remote, "central").await.batch_execute(Layout::Default.remote_schema()).await.unwrap();
         let profile = Profile::builtin_default().unwrap();
         let mut site = connect(&local, "site").await;
-        meter_sync::schema::migrate(&mut site, &profile).await.unwrap();
+        meter_sync::data::schema::migrate(&mut site, &profile).await.unwrap();
         let readings = profile.readings.as_ref().unwrap();
         let version: String = site.query_one("show server_version", &[]).await.unwrap().get(0);
         println!("upload benchmark: {rows} readings queued, PostgreSQL {version}, fsync off, remote dedupe by unique index, both clusters and the agent on one 2-core machine");
@@ -165,7 +165,7 @@ fn main() {
                 );
                 let pools = Pools::new(&config).unwrap();
                 reset_peak_rss();
-                let (report, took) = timed(meter_sync::upload::run(&pools, meter_sync::cycle::upload_request(&config, &profile, readings))).await;
+                let (report, took) = timed(meter_sync::engine::upload::run(&pools, meter_sync::service::cycle::upload_request(&config, &profile, readings))).await;
                 let rss = peak_rss_mib();
                 assert!(report.success(), "{:?}", report.error);
                 assert_eq!(report.uploaded as i64, rows);

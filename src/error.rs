@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use crate::pg::PgError;
+use crate::data::pg::PgError;
 
 /// How a command ended, as its exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

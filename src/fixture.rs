@@ -5,7 +5,7 @@
 use tokio_postgres::GenericClient;
 
 use crate::config::Side;
-use crate::pg::PgError;
+use crate::data::pg::PgError;
 
 /// Which shipped profile's remote layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = meter_sync::cli::Cli::parse();
+    let cli = meter_sync::surface::cli::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -16,5 +16,5 @@ fn main() -> ExitCode {
             return meter_sync::error::Exit::Failed.into();
         }
     };
-    runtime.block_on(meter_sync::cli::run(cli))
+    runtime.block_on(meter_sync::surface::cli::run(cli))
 }

@@ -457,7 +457,7 @@ async fn the_db_sync_process_profile_mirrors_varchar_keyed_tables() {
 
 #[tokio::test]
 async fn cold_diff_and_full_strategies_are_chosen_by_how_much_changed() {
-    use meter_sync::download::Strategy;
+    use meter_sync::engine::download::Strategy;
     let (env, profile) = default_env("dl_strategy").await;
     let first = download(&env, &profile, Some("1"), &["meter"]).await;
     assert_eq!(first.entity("meter").unwrap().strategy, Strategy::Cold);

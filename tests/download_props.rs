@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use meter_sync::download::DownloadReport;
+use meter_sync::engine::download::DownloadReport;
 use meter_sync::fixture::{FixtureSize, Layout};
 use meter_sync::profile::{Profile, DB_SYNC_PROCESS_PROFILE_TOML};
 use proptest::prelude::*;
@@ -505,7 +505,7 @@ fn prop_003_1_2_3_7_meters_inserted_updated_deactivated_and_counted() {
                 .await
                 .unwrap()
                 .get(0);
-            let counted = meter_sync::status::meter_count(&client, &db.profile)
+            let counted = meter_sync::service::status::meter_count(&client, &db.profile)
                 .await
                 .unwrap();
             assert_eq!(counted, Some(active));

@@ -6,9 +6,9 @@
 
 use std::time::{Duration, Instant};
 
+use meter_sync::data::runlock::{RunKind, Trigger};
 use meter_sync::fixture::{insert_local_readings, FixtureSize, Layout};
 use meter_sync::profile::Profile;
-use meter_sync::runlock::{RunKind, Trigger};
 use meter_sync::service::Service;
 
 use crate::support::proxy::{FaultProxy, Mode};

@@ -69,10 +69,13 @@ async fn readings_of_another_tenant_are_quarantined_never_sent() {
         rows_text(&local, "select meter_id, tenant_id, is_synchronized from meter_readings where meter_id like 'null%' order by 1").await,
         ["(null-1,,t)", "(null-2,,t)"]
     );
-    let quarantined =
-        meter_sync::upload::list_quarantined(&local, profile.readings.as_ref().unwrap(), 10)
-            .await
-            .unwrap();
+    let quarantined = meter_sync::engine::upload::list_quarantined(
+        &local,
+        profile.readings.as_ref().unwrap(),
+        10,
+    )
+    .await
+    .unwrap();
     let listed: Vec<(String, Option<String>)> = quarantined
         .iter()
         .map(|q| (q.row.clone(), q.error.clone()))
@@ -95,7 +98,7 @@ async fn readings_of_another_tenant_are_quarantined_never_sent() {
 }
 
 /// The entities of a download that failed, in run order.
-fn failed(report: &meter_sync::download::DownloadReport) -> Vec<&str> {
+fn failed(report: &meter_sync::engine::download::DownloadReport) -> Vec<&str> {
     report
         .entities
         .iter()

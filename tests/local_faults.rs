@@ -41,7 +41,7 @@ impl Site {
             .unwrap();
         let profile = Profile::builtin_default().unwrap();
         let mut local = connect(&cluster, "site").await;
-        meter_sync::schema::migrate(&mut local, &profile)
+        meter_sync::data::schema::migrate(&mut local, &profile)
             .await
             .unwrap();
         let env = TestEnv::new(label).await;

@@ -4,6 +4,7 @@
 
 mod support;
 
+mod architecture;
 mod browser;
 mod check;
 mod cluster;

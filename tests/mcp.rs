@@ -325,8 +325,8 @@ async fn the_service_serves_the_tools_over_streamable_http_with_the_token_rule()
     let running = app
         .service
         .trigger(
-            meter_sync::runlock::RunKind::Upload,
-            meter_sync::runlock::Trigger::Api,
+            meter_sync::data::runlock::RunKind::Upload,
+            meter_sync::data::runlock::Trigger::Api,
         )
         .await
         .unwrap();

@@ -5,8 +5,8 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use meter_sync::data::runlock::{RunKind, Trigger};
 use meter_sync::fixture::insert_local_readings;
-use meter_sync::runlock::{RunKind, Trigger};
 use meter_sync::service::Service;
 
 use crate::support::{count, default_env_with, rows_text, run_now, TestEnv, READINGS_MULTISET};

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use meter_sync::cron::CronSchedule;
 use meter_sync::fixture::insert_local_readings;
 use meter_sync::pgcluster::{free_port, ClusterOptions, PgCluster, StopMode};
-use meter_sync::scheduler::{run_schedule, Clock, Fired, Job, Schedule};
+use meter_sync::service::scheduler::{run_schedule, Clock, Fired, Job, Schedule};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;

@@ -5,11 +5,11 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use meter_sync::app::App;
+use meter_sync::data::runlock::{RunKind, Trigger};
 use meter_sync::fixture::insert_local_readings;
 use meter_sync::profile::Profile;
-use meter_sync::runlock::{RunKind, Trigger};
 use meter_sync::service::Service;
+use meter_sync::surface::app::App;
 use proptest::prelude::*;
 use serde_json::Value;
 

@@ -123,7 +123,7 @@ async fn try_connect(
     db.port = port;
     db.sslmode = mode;
     db.sslrootcert = ca;
-    let client = meter_sync::pg::connect(&db, &pool_config())
+    let client = meter_sync::data::pg::connect(&db, &pool_config())
         .await
         .map_err(|e| {
             // A certificate that does not verify will not fix itself: never retried.
@@ -239,7 +239,7 @@ async fn a_download_runs_over_verified_tls_on_both_sides() {
         .unwrap();
     let profile = Profile::builtin_default().unwrap();
     let mut local = connect(&tls.cluster, "tls_local").await;
-    meter_sync::schema::migrate(&mut local, &profile)
+    meter_sync::data::schema::migrate(&mut local, &profile)
         .await
         .unwrap();
     let ca = tls.ca().display().to_string();

@@ -121,9 +121,13 @@ async fn a_poison_reading_is_quarantined_and_never_blocks_the_queue() {
     assert_eq!(report.queue_after.unwrap().size, 0);
     assert_eq!(report.queue_after.unwrap().quarantined, 1);
     // Kept locally, never deleted; listed with its error.
-    let list = meter_sync::upload::list_quarantined(&local, profile.readings.as_ref().unwrap(), 10)
-        .await
-        .unwrap();
+    let list = meter_sync::engine::upload::list_quarantined(
+        &local,
+        profile.readings.as_ref().unwrap(),
+        10,
+    )
+    .await
+    .unwrap();
     assert_eq!((list.len(), list[0].id, list[0].attempts), (1, poison, 2));
     // More readings flow past it.
     insert_local_readings(&local, 10, 5, 1000).await.unwrap();
@@ -133,10 +137,13 @@ async fn a_poison_reading_is_quarantined_and_never_blocks_the_queue() {
         .batch_execute("alter table meter_readings drop constraint value_in_range")
         .await
         .unwrap();
-    let released =
-        meter_sync::upload::release_quarantined(&local, profile.readings.as_ref().unwrap(), None)
-            .await
-            .unwrap();
+    let released = meter_sync::engine::upload::release_quarantined(
+        &local,
+        profile.readings.as_ref().unwrap(),
+        None,
+    )
+    .await
+    .unwrap();
     assert_eq!(released, [poison]);
     assert_eq!(upload(&env, &profile).await.uploaded, 1);
     assert_eq!(count(&local, "meter_readings").await, 0);
@@ -326,9 +333,9 @@ async fn a_remote_outage_mid_run_loses_nothing_and_the_next_run_completes() {
         let config = env.config.clone();
         tokio::spawn(async move {
             let readings = profile.readings.as_ref().unwrap();
-            meter_sync::cycle::upload(
+            meter_sync::service::cycle::upload(
                 &pools,
-                meter_sync::cycle::upload_request(&config, &profile, readings),
+                meter_sync::service::cycle::upload_request(&config, &profile, readings),
             )
             .await
         })
@@ -417,7 +424,7 @@ async fn upload_status_and_quarantine_commands_work_end_to_end() {
 /// prepares it, for a batch of 100 after the first reading.
 async fn claim_plan(client: &tokio_postgres::Client, profile: &Profile) -> String {
     let readings = profile.readings.as_ref().unwrap();
-    let claim = meter_sync::sql::claim_and_remove_after(readings, &Default::default());
+    let claim = meter_sync::data::sql::claim_and_remove_after(readings, &Default::default());
     client
         .batch_execute(&format!("prepare claim_plan as {claim}"))
         .await

@@ -110,9 +110,9 @@ fn prop_004_1_a_batch_takes_at_most_batch_size_oldest_first() {
             config.batch_size = batch;
             config.max_batches_per_run = 1;
             let spec = db.profile.readings.as_ref().unwrap();
-            let report = meter_sync::cycle::upload(
+            let report = meter_sync::service::cycle::upload(
                 &crate::support::pools(&db.env),
-                meter_sync::cycle::upload_request(&config, &db.profile, spec),
+                meter_sync::service::cycle::upload_request(&config, &db.profile, spec),
             )
             .await;
             assert!(report.success(), "{report:#?}");
@@ -143,9 +143,9 @@ fn prop_004_2_uploaded_readings_are_exactly_the_deleted_ones() {
                 config.batch_size = batch;
                 config.max_batches_per_run = batches;
                 let spec = db.profile.readings.as_ref().unwrap();
-                let report = meter_sync::cycle::upload(
+                let report = meter_sync::service::cycle::upload(
                     &crate::support::pools(&db.env),
-                    meter_sync::cycle::upload_request(&config, &db.profile, spec),
+                    meter_sync::service::cycle::upload_request(&config, &db.profile, spec),
                 )
                 .await;
                 assert!(report.success());
@@ -189,7 +189,7 @@ fn prop_004_3_a_failing_batch_changes_nothing() {
             config.batch_size = batch;
             config.upload_workers = Some(1);
             let spec = db.profile.readings.as_ref().unwrap();
-            let report = meter_sync::cycle::upload(&crate::support::pools(&db.env), meter_sync::cycle::upload_request(&config, &db.profile, spec)).await;
+            let report = meter_sync::service::cycle::upload(&crate::support::pools(&db.env), meter_sync::service::cycle::upload_request(&config, &db.profile, spec)).await;
             let on_remote = rows_text(&remote, READINGS_MULTISET).await;
             assert_eq!(on_remote.len() as u64, report.uploaded);
             if report.error.is_some() {
@@ -224,11 +224,11 @@ fn prop_004_4_readings_stay_queued_when_the_remote_is_unreachable() {
             let original = rows_text(&local, READINGS_MULTISET).await;
             let mut config = db.env.config.clone();
             config.remote.port = meter_sync::pgcluster::free_port().unwrap();
-            let pools = meter_sync::pg::Pools::new(&config).unwrap();
+            let pools = meter_sync::data::pg::Pools::new(&config).unwrap();
             let spec = db.profile.readings.as_ref().unwrap();
-            let report = meter_sync::cycle::upload(
+            let report = meter_sync::service::cycle::upload(
                 &pools,
-                meter_sync::cycle::upload_request(&config, &db.profile, spec),
+                meter_sync::service::cycle::upload_request(&config, &db.profile, spec),
             )
             .await;
             if !readings.is_empty() {
@@ -284,7 +284,7 @@ fn prop_004_5_retryable_failures_retry_with_exponential_backoff() {
             config.upload_workers = Some(1);
             let spec = db.profile.readings.as_ref().unwrap();
             let started = Instant::now();
-            let report = meter_sync::cycle::upload(&crate::support::pools(&db.env), meter_sync::cycle::upload_request(&config, &db.profile, spec)).await;
+            let report = meter_sync::service::cycle::upload(&crate::support::pools(&db.env), meter_sync::service::cycle::upload_request(&config, &db.profile, spec)).await;
             let elapsed = started.elapsed();
             let waits = failures.min(retries);
             let minimum: Duration = (0..waits).map(|n| Duration::from_millis(20 * 2u64.pow(n))).sum();

@@ -193,9 +193,12 @@ pub async fn load_remote_fixture(remote: &TestDb, layout: Layout, size: FixtureS
 }
 
 /// Migrates the local database for `profile`.
-pub async fn migrate_local(local: &TestDb, profile: &Profile) -> meter_sync::schema::MigrateReport {
+pub async fn migrate_local(
+    local: &TestDb,
+    profile: &Profile,
+) -> meter_sync::data::schema::MigrateReport {
     let mut client = local.client().await;
-    meter_sync::schema::migrate(&mut client, profile)
+    meter_sync::data::schema::migrate(&mut client, profile)
         .await
         .unwrap()
 }
@@ -245,8 +248,8 @@ pub async fn count(client: &tokio_postgres::Client, table: &str) -> i64 {
 }
 
 /// Pools for the service pointing at a test environment.
-pub fn pools(env: &TestEnv) -> meter_sync::pg::Pools {
-    meter_sync::pg::Pools::new(&env.config).unwrap()
+pub fn pools(env: &TestEnv) -> meter_sync::data::pg::Pools {
+    meter_sync::data::pg::Pools::new(&env.config).unwrap()
 }
 
 /// Runs one download of all entities (or `only`) with the environment's configuration.
@@ -255,7 +258,7 @@ pub async fn download(
     profile: &Profile,
     tenant: Option<&str>,
     only: &[&str],
-) -> meter_sync::download::DownloadReport {
+) -> meter_sync::engine::download::DownloadReport {
     download_with(&env.config, profile, tenant, only).await
 }
 
@@ -265,19 +268,19 @@ pub async fn download_with(
     profile: &Profile,
     tenant: Option<&str>,
     only: &[&str],
-) -> meter_sync::download::DownloadReport {
+) -> meter_sync::engine::download::DownloadReport {
     let tenant = tenant.map(|t| meter_sync::profile::TenantId::parse(t).unwrap());
     let only: Vec<String> = only.iter().map(|s| s.to_string()).collect();
-    meter_sync::cycle::download(
-        &meter_sync::pg::Pools::new(config).unwrap(),
-        meter_sync::download::DownloadRequest {
+    meter_sync::service::cycle::download(
+        &meter_sync::data::pg::Pools::new(config).unwrap(),
+        meter_sync::engine::download::DownloadRequest {
             profile,
             tenant: tenant.as_ref(),
             only: &only,
-            backoff: meter_sync::pg::Backoff::connection(&config.retry),
+            backoff: meter_sync::data::pg::Backoff::connection(&config.retry),
             full: false,
             guard: config.delete_guard,
-            deadline: meter_sync::pg::Deadline::from_config(config),
+            deadline: meter_sync::data::pg::Deadline::from_config(config),
         },
     )
     .await
@@ -349,16 +352,19 @@ pub async fn upload_env(label: &str, extra: &[(&str, &str)]) -> (TestEnv, Profil
 }
 
 /// Runs one upload with the environment's configuration.
-pub async fn upload(env: &TestEnv, profile: &Profile) -> meter_sync::upload::UploadReport {
+pub async fn upload(env: &TestEnv, profile: &Profile) -> meter_sync::engine::upload::UploadReport {
     upload_with(&env.config, profile).await
 }
 
 /// [`upload`] with any configuration.
-pub async fn upload_with(config: &Config, profile: &Profile) -> meter_sync::upload::UploadReport {
+pub async fn upload_with(
+    config: &Config,
+    profile: &Profile,
+) -> meter_sync::engine::upload::UploadReport {
     let readings = profile.readings.as_ref().unwrap();
-    meter_sync::cycle::upload(
-        &meter_sync::pg::Pools::new(config).unwrap(),
-        meter_sync::cycle::upload_request(config, profile, readings),
+    meter_sync::service::cycle::upload(
+        &meter_sync::data::pg::Pools::new(config).unwrap(),
+        meter_sync::service::cycle::upload_request(config, profile, readings),
     )
     .await
 }
@@ -404,9 +410,9 @@ pub async fn block_remote_readings(env: &TestEnv) -> tokio_postgres::Client {
 /// Starts a run on the service now and waits for its result.
 pub async fn run_now(
     service: &meter_sync::service::Service,
-    kind: meter_sync::runlock::RunKind,
-    trigger: meter_sync::runlock::Trigger,
-) -> std::sync::Arc<meter_sync::cycle::SyncCycleResult> {
+    kind: meter_sync::data::runlock::RunKind,
+    trigger: meter_sync::data::runlock::Trigger,
+) -> std::sync::Arc<meter_sync::service::cycle::SyncCycleResult> {
     service
         .trigger(kind, trigger)
         .await

@@ -1,0 +1,371 @@
+//! Statements of the upload engine. The local claim table holds the ids of the batch being
+//! uploaded (locked with `FOR UPDATE SKIP LOCKED`); the remote stage holds the batch's rows on
+//! the remote until they are inserted.
+
+use crate::data::convert::Conversion;
+use crate::profile::{quote_ident, Ident, ReadingsSpec, TenantId};
+
+use super::column_list;
+
+/// The condition of a reading waiting to be uploaded.
+const QUEUED: &str = "not is_synchronized and quarantined_at is null";
+
+fn uploaded(readings: &ReadingsSpec) -> String {
+    column_list(readings.columns.iter().map(|c| &c.name))
+}
+
+/// How the claims read the uploaded columns for the remote: each through the type rule's
+/// conversion, the tenant column (`tenant_column`) stamped with the site's tenant where it is
+/// NULL; and which readings they may claim: never one of another tenant.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outgoing {
+    /// Per uploaded column, in order (missing: as it is).
+    pub conversions: Vec<Conversion>,
+    /// The site's tenant, when the readings carry a tenant column.
+    pub tenant: Option<TenantId>,
+}
+
+impl Outgoing {
+    /// The tenant column and the site's tenant, when both are set.
+    fn tenant<'a>(&'a self, readings: &'a ReadingsSpec) -> Option<(&'a Ident, &'a TenantId)> {
+        readings.tenant_column.as_ref().zip(self.tenant.as_ref())
+    }
+
+    /// The uploaded columns as the remote receives them, named as the columns.
+    fn columns(&self, readings: &ReadingsSpec) -> String {
+        let stamped = self.tenant(readings);
+        super::read_columns(&readings.columns, &self.conversions, |c| match stamped {
+            Some((column, tenant)) if *column == c.name => {
+                format!("coalesce({}, {})", c.name.quoted(), tenant.literal())
+            }
+            _ => c.name.quoted(),
+        })
+    }
+
+    /// The condition of a reading the claims may take: queued, and of this site's tenant (or
+    /// none) when the readings carry one.
+    fn claimable(&self, readings: &ReadingsSpec) -> String {
+        match self.tenant(readings) {
+            Some((column, tenant)) => format!(
+                "{QUEUED} and ({c} is null or {c} = {t})",
+                c = column.quoted(),
+                t = tenant.literal()
+            ),
+            None => QUEUED.to_string(),
+        }
+    }
+}
+
+/// Quarantines queued readings of another tenant than `tenant` (they are never sent: a site
+/// must not write another customer's readings), with the reason, returning id and reason.
+pub fn quarantine_other_tenants(
+    readings: &ReadingsSpec,
+    column: &Ident,
+    tenant: &TenantId,
+) -> String {
+    format!(
+        "update {table} set quarantined_at = now(), sync_attempts = sync_attempts + 1,
+    sync_error = 'reading of tenant ' || {c}::text || '; this site is tenant ' || {t}
+where {QUEUED} and {c} is not null and {c} <> {t}
+returning {id}, sync_error",
+        table = readings.table.quoted(),
+        c = column.quoted(),
+        t = tenant.literal(),
+        id = readings.id_column.quoted(),
+    )
+}
+
+/// Claims one batch: up to `$1` queued readings, oldest first, locked (`FOR UPDATE SKIP
+/// LOCKED`, so a concurrent uploader skips them) until the local transaction ends; the local
+/// id, then the uploaded columns.
+pub fn claim_batch(readings: &ReadingsSpec, outgoing: &Outgoing) -> String {
+    format!(
+        "select {id}, {cols} from {table} where {queued} order by {order} limit $1 for update skip locked",
+        id = readings.id_column.quoted(),
+        cols = outgoing.columns(readings),
+        queued = outgoing.claimable(readings),
+        table = readings.table.quoted(),
+        order = column_list(&readings.order_by),
+    )
+}
+
+/// Claims one batch and removes it in the same statement (one write per row instead of a row
+/// lock and then a delete): deletes, or with `mark` marks synchronized, up to `$1` queued
+/// readings, oldest first, skipping rows another uploader holds, returning the local id and
+/// the uploaded columns. It takes effect only when the local transaction commits, which
+/// happens after the remote commit.
+pub fn claim_and_remove(readings: &ReadingsSpec, outgoing: &Outgoing) -> String {
+    claim_and_remove_from(readings, outgoing, false)
+}
+
+/// [`claim_and_remove`] starting past a position in the queue: only readings whose `order_by`
+/// key is greater than `$2, $3, ...` (the key of the worker's previous batch). The claim then
+/// starts in the index where the previous one ended instead of stepping again over the entries
+/// of every reading already removed this run (dead until vacuum), which made a long drain of
+/// small batches slow down as it went.
+pub fn claim_and_remove_after(readings: &ReadingsSpec, outgoing: &Outgoing) -> String {
+    claim_and_remove_from(readings, outgoing, true)
+}
+
+/// Both claims return the local id, the uploaded columns, then the `order_by` key, in key order.
+fn claim_and_remove_from(readings: &ReadingsSpec, outgoing: &Outgoing, after: bool) -> String {
+    let order = column_list(&readings.order_by);
+    let position = if after {
+        let params: Vec<String> = (0..readings.order_by.len())
+            .map(|i| format!("${}", i + 2))
+            .collect();
+        format!(" and ({order}) > ({})", params.join(", "))
+    } else {
+        String::new()
+    };
+    let claim = format!(
+        "select {id} from {table} where {queued}{position} order by {order} limit $1 for update skip locked",
+        id = readings.id_column.quoted(),
+        table = readings.table.quoted(),
+        queued = outgoing.claimable(readings),
+    );
+    let action = match readings.after_upload {
+        crate::profile::AfterUpload::Delete => format!("delete from {}", readings.table.quoted()),
+        crate::profile::AfterUpload::Mark => format!(
+            "update {} set is_synchronized = true, synced_at = now(), sync_error = null",
+            readings.table.quoted()
+        ),
+    };
+    // The rows come back in key order (by output position: names may repeat), so the last
+    // one carries the batch's highest key.
+    let first_key = 2 + readings.columns.len();
+    let positions: Vec<String> = (0..readings.order_by.len())
+        .map(|i| (first_key + i).to_string())
+        .collect();
+    format!(
+        // `= any(array(...))`, not `in (...)`: the planner then looks the ids up through the
+        // primary key instead of scanning the whole queue for every batch.
+        "with claimed as ({action} where {id} = any(array({claim})) returning {id}, {cols}, {order})
+         select * from claimed order by {}",
+        positions.join(", "),
+        id = readings.id_column.quoted(),
+        cols = outgoing.columns(readings),
+    )
+}
+
+/// The planner statistics of a table (`$1`, its quoted name): the rows it had when last
+/// analyzed (-1 if never), the changes since (inserts, updates, deletes), and whether this role
+/// may analyze it (owner or superuser; anyone else's `analyze` is skipped with a warning).
+pub const SELECT_TABLE_STATISTICS: &str =
+    "select c.reltuples::float8, coalesce(s.n_mod_since_analyze, 0)::int8,
+    pg_has_role(c.relowner, 'USAGE') or (select rolsuper from pg_roles where rolname = current_user)
+from pg_class c left join pg_stat_all_tables s on s.relid = c.oid
+where c.oid = to_regclass($1)";
+
+/// Refreshes the readings table's statistics; `skip_locked`: skipped at once, with a warning
+/// instead of a wait, while autovacuum works on the table (which refreshes them itself).
+pub fn analyze_readings(readings: &ReadingsSpec) -> String {
+    format!("analyze (skip_locked) {}", readings.table.quoted())
+}
+
+/// After the remote commit: removes the uploaded readings (`$1`) except refused ones (`$2`).
+pub fn delete_uploaded(readings: &ReadingsSpec) -> String {
+    format!(
+        "delete from {table} where {id} = any($1::bigint[]) and not ({id} = any($2::bigint[]))",
+        table = readings.table.quoted(),
+        id = readings.id_column.quoted(),
+    )
+}
+
+/// After the remote commit (`after_upload = "mark"`): marks them synchronized instead.
+pub fn mark_uploaded(readings: &ReadingsSpec) -> String {
+    format!(
+        "update {table} set is_synchronized = true, synced_at = now(), sync_error = null
+where {id} = any($1::bigint[]) and not ({id} = any($2::bigint[]))",
+        table = readings.table.quoted(),
+        id = readings.id_column.quoted(),
+    )
+}
+
+/// Records a rejected row: binds `$1` id, `$2` error text, `$3` MAX_ROW_FAILURES; returns
+/// whether the row is now quarantined.
+pub fn record_failure(readings: &ReadingsSpec) -> String {
+    format!(
+        "update {table} set sync_attempts = sync_attempts + 1, sync_error = $2,
+    quarantined_at = case when sync_attempts + 1 >= $3 then now() end
+where {id} = $1 returning quarantined_at is not null",
+        table = readings.table.quoted(),
+        id = readings.id_column.quoted(),
+    )
+}
+
+/// Queue size, quarantined count and the age in seconds of the oldest queued reading (by the
+/// first `order_by` column, or NULL when that is the id).
+pub fn queue_stats(readings: &ReadingsSpec) -> String {
+    let first = readings
+        .order_by
+        .first()
+        .filter(|c| **c != readings.id_column);
+    let age = match first {
+        Some(column) => format!(
+            "extract(epoch from now() - min({}::timestamptz) filter (where {}))::float8",
+            column.quoted(),
+            QUEUED
+        ),
+        None => "null::float8".into(),
+    };
+    format!(
+        "select count(*) filter (where {queued}), count(*) filter (where quarantined_at is not null), {age} from {table}",
+        queued = QUEUED,
+        table = readings.table.quoted(),
+    )
+}
+
+/// Deletes readings marked synchronized more than `$1` days ago (`after_upload = "mark"`).
+pub fn purge_synchronized(readings: &ReadingsSpec) -> String {
+    format!(
+        "delete from {} where is_synchronized and synced_at < now() - make_interval(days => $1)",
+        readings.table.quoted()
+    )
+}
+
+/// Quarantined readings for the operator: id, the uploaded columns as one text, attempts,
+/// error, since when. Binds `$1` limit.
+pub fn list_quarantined(readings: &ReadingsSpec) -> String {
+    format!(
+        "select {id}, row({cols})::text, sync_attempts, sync_error, quarantined_at
+from {table} where quarantined_at is not null order by {id} limit $1",
+        id = readings.id_column.quoted(),
+        cols = uploaded(readings),
+        table = readings.table.quoted(),
+    )
+}
+
+/// Releases quarantined readings for another try: all of them, or the ids in `$1`.
+pub fn release_quarantined(readings: &ReadingsSpec, all: bool) -> String {
+    let filter = if all {
+        String::new()
+    } else {
+        format!(" and {} = any($1::bigint[])", readings.id_column.quoted())
+    };
+    format!(
+        "update {table} set quarantined_at = null, sync_attempts = 0, sync_error = null
+where quarantined_at is not null{filter} returning {id}",
+        table = readings.table.quoted(),
+        id = readings.id_column.quoted(),
+    )
+}
+
+/// The local and remote `SELECT`s whose result types must match.
+pub fn readings_select(readings: &ReadingsSpec, remote: bool) -> String {
+    let table = if remote {
+        &readings.remote_table
+    } else {
+        &readings.table
+    };
+    format!("select {} from {}", uploaded(readings), table.quoted())
+}
+
+/// The remote stage's name for a readings table.
+pub fn upload_stage_name(readings: &ReadingsSpec) -> String {
+    quote_ident(&format!(
+        "meter_sync_upload_{}",
+        readings.remote_table.bare()
+    ))
+}
+
+/// The remote stage: local id plus the uploaded columns, emptied at every commit.
+pub fn create_upload_stage(readings: &ReadingsSpec) -> String {
+    format!(
+        "create temporary table if not exists {stage} on commit delete rows as
+select null::bigint as meter_sync_local_id, {cols} from {remote} with no data",
+        stage = upload_stage_name(readings),
+        cols = uploaded(readings),
+        remote = readings.remote_table.quoted(),
+    )
+}
+
+/// `COPY remote_stage FROM STDIN` in binary.
+pub fn copy_into_upload_stage(readings: &ReadingsSpec) -> String {
+    format!(
+        "copy {} (meter_sync_local_id, {}) from stdin (format binary)",
+        upload_stage_name(readings),
+        uploaded(readings)
+    )
+}
+
+/// `COPY remote_readings FROM STDIN` in binary: the direct path, used when a unique index
+/// guards the dedupe key (a resend then fails as a whole and goes through the stage).
+pub fn copy_into_remote_readings(readings: &ReadingsSpec) -> String {
+    format!(
+        "copy {} ({}) from stdin (format binary)",
+        readings.remote_table.quoted(),
+        uploaded(readings)
+    )
+}
+
+/// The columns of a remote unique index that lies within the dedupe key, if any: binds `$1`
+/// the quoted remote table, `$2` the dedupe key column names.
+pub const SELECT_DEDUPE_INDEX: &str = "select array_agg(a.attname::text order by k.ord)
+from pg_index i
+cross join lateral unnest(i.indkey::int2[]) with ordinality k(attnum, ord)
+join pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum
+where i.indrelid = to_regclass($1) and i.indisunique and i.indpred is null and not (0 = any(i.indkey::int2[]))
+group by i.indexrelid
+having array_agg(a.attname::text) <@ $2::text[]
+limit 1";
+
+/// Inserts the staged rows with local ids in `$1` that are not on the remote yet, returning
+/// nothing; the row count is what was inserted. With `conflict_target` (a unique index within
+/// the dedupe key) the server skips duplicates; otherwise an anti-join on the dedupe key does,
+/// keeping one row per key within the batch.
+///
+/// `by_ids`: only the staged rows whose local id is in `$1` (isolating refused readings);
+/// otherwise the whole stage, without parameters.
+pub fn insert_new_readings(
+    readings: &ReadingsSpec,
+    conflict_target: Option<&[Ident]>,
+    by_ids: bool,
+) -> String {
+    let filter = if by_ids {
+        "s.meter_sync_local_id = any($1::bigint[])"
+    } else {
+        "true"
+    };
+    let cols = uploaded(readings);
+    let stage = upload_stage_name(readings);
+    let remote = readings.remote_table.quoted();
+    let scols = readings
+        .columns
+        .iter()
+        .map(|c| format!("s.{}", c.name.quoted()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    match conflict_target {
+        Some(target) => format!(
+            "insert into {remote} ({cols})
+select {scols} from {stage} s where {filter}
+order by s.meter_sync_local_id
+on conflict ({}) do nothing",
+            column_list(target)
+        ),
+        None => {
+            let dedupe = readings
+                .dedupe_key
+                .iter()
+                .map(|k| format!("s.{}", k.quoted()))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let join = readings
+                .dedupe_key
+                .iter()
+                .map(|k| format!("r.{q} = s.{q}", q = k.quoted()))
+                .collect::<Vec<_>>()
+                .join(" and ");
+            format!(
+                "insert into {remote} ({cols})
+select {cols} from (
+    select distinct on ({dedupe}) {scols} from {stage} s
+    where {filter}
+      and not exists (select 1 from {remote} r where {join})
+    order by {dedupe}, s.meter_sync_local_id
+) as new_rows"
+            )
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! An entity's columns on both sides, checked before anything moves: the local table has every
+//! column the profile names and the bookkeeping column, and each remote column's type can be
+//! stored in the local one unchanged ([`crate::data::convert`], the rule the upload uses too).
+
+use tokio_postgres::types::Type;
+use tokio_postgres::Transaction;
+
+use super::EntityError;
+use crate::config::Side;
+use crate::data::convert::{self, Conversion, Direction};
+use crate::data::pg::{on_remote, PgError};
+use crate::data::sql;
+use crate::profile::{EntitySpec, TenantId, VERSION_COLUMN};
+
+/// The checked columns of an entity.
+pub(super) struct Columns {
+    /// How each remote column is read so that it arrives in the local type.
+    pub conversions: Vec<Conversion>,
+    /// The local types of the profile's columns, in order.
+    pub local_types: Vec<Type>,
+}
+
+/// Checks the local table and both sides' column types; `versioned`: the remote source is a
+/// table with row versions.
+pub(super) async fn check(
+    ltx: &Transaction<'_>,
+    rtx: &Transaction<'_>,
+    entity: &EntitySpec,
+    tenant: &TenantId,
+    versioned: bool,
+) -> Result<Columns, EntityError> {
+    let present = crate::data::schema::table_columns(ltx, &entity.table, Side::Local).await?;
+    if present.is_empty() {
+        return Err(EntityError::LocalTableMissing {
+            table: entity.table.to_string(),
+        });
+    }
+    let missing: Vec<&str> = std::iter::once(VERSION_COLUMN)
+        .chain(entity.columns.iter().map(|c| c.name.as_str()))
+        .filter(|name| !present.iter().any(|p| p.name == *name))
+        .collect();
+    if !missing.is_empty() {
+        return Err(EntityError::LocalColumnsMissing {
+            table: entity.table.to_string(),
+            columns: missing.join(", "),
+        });
+    }
+    let local = ltx.prepare(&sql::local_select(entity)).await.map_err(|e| {
+        PgError::query(
+            Side::Local,
+            format!("read the columns of {}", entity.table),
+            e,
+        )
+    })?;
+    let remote = rtx
+        .prepare(&sql::remote_select(entity, tenant, versioned, &[]))
+        .await
+        .map_err(on_remote("prepare the remote query"))?;
+    let conversions = convert::plan(
+        &entity.columns,
+        remote.columns(),
+        local.columns(),
+        Direction::Download,
+    )
+    .map_err(|detail| EntityError::TypeMismatch {
+        table: entity.table.to_string(),
+        detail,
+    })?;
+    Ok(Columns {
+        conversions,
+        local_types: local.columns().iter().map(|c| c.type_().clone()).collect(),
+    })
+}

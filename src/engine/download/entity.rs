@@ -1,0 +1,118 @@
+//! One entity's first pass: the remote's shape (a table with row versions? keyed by its primary
+//! key?), the column check, then the strategy: `cold` for an empty local table, `full` when
+//! asked (`download --full`), else `diff`; then the collected removals, updates and inserts.
+
+use tokio_postgres::types::Type;
+use tokio_postgres::Transaction;
+
+use super::apply::{self, Removal};
+use super::attempt::EntityOptions;
+use super::{cold, columns, diff, full, EntityError, EntityReport, Strategy};
+use crate::data::convert::Conversion;
+use crate::data::pg::{on_local, on_remote};
+use crate::data::sql;
+use crate::data::sql::Target;
+use crate::logging::Steps;
+use crate::profile::{EntitySpec, Ident, RemoteSource, TenantId};
+
+/// What every strategy reads from the remote for one entity.
+pub(super) struct Source<'a> {
+    pub(super) entity: &'a EntitySpec,
+    pub(super) tenant: &'a TenantId,
+    /// The remote is a table with row versions (`xmin`).
+    pub(super) versioned: bool,
+    /// Per column, how a remote value becomes a local one.
+    pub(super) conversions: &'a [Conversion],
+    /// The select of every remote row (the columns, then the row version).
+    pub(super) remote_select: String,
+    /// The local column types, then `int8` for the version: the stage's binary layout.
+    pub(super) types: Vec<Type>,
+}
+
+/// Mirrors one entity inside the open transactions, all but the removal of rows gone remotely:
+/// returns whether those were collected (then [`remove_gone`] applies them).
+pub(super) async fn sync(
+    ltx: &Transaction<'_>,
+    rtx: &Transaction<'_>,
+    entity: &EntitySpec,
+    tenant: &TenantId,
+    targets: &[Target<'_>],
+    options: EntityOptions,
+    report: &mut EntityReport,
+) -> Result<bool, EntityError> {
+    let (versioned, keyed) = match &entity.remote {
+        RemoteSource::Table(table) => {
+            let kind: Option<String> = rtx
+                .query_opt(sql::SELECT_RELKIND, &[&table.quoted()])
+                .await
+                .map_err(on_remote("look up the remote table"))?
+                .and_then(|row| row.get(0));
+            let key: Vec<&str> = entity.key.iter().map(Ident::as_str).collect();
+            let keyed: bool = rtx
+                .query_one(sql::SELECT_KEY_IS_PRIMARY, &[&table.quoted(), &key])
+                .await
+                .map_err(on_remote("look up the remote primary key"))?
+                .get(0);
+            (matches!(kind.as_deref(), Some("r" | "p" | "m")), keyed)
+        }
+        RemoteSource::Query(_) => (false, false),
+    };
+    let columns = columns::check(ltx, rtx, entity, tenant, versioned).await?;
+    let remote_select = sql::remote_select(entity, tenant, versioned, &columns.conversions);
+    let mut types = columns.local_types;
+    types.push(Type::INT8);
+    let source = Source {
+        entity,
+        tenant,
+        versioned,
+        conversions: &columns.conversions,
+        remote_select,
+        types,
+    };
+    let empty: bool = ltx
+        .query_one(&sql::local_is_empty(entity), &[])
+        .await
+        .map_err(on_local("look at the local table"))?
+        .get(0);
+    if empty {
+        report.strategy = Strategy::Cold;
+        cold::sync(ltx, rtx, &source, targets, report).await?;
+        return Ok(false);
+    }
+
+    ltx.batch_execute(&sql::create_stage(entity))
+        .await
+        .map_err(on_local("create the stage table"))?;
+    let mut steps = Steps::new("download", entity.name.as_str());
+    let removal = if options.full {
+        let present = full::stage(ltx, rtx, &source, targets, report).await?;
+        steps.done("stage every row");
+        Removal::NotIn(present)
+    } else {
+        diff::stage(
+            ltx,
+            rtx,
+            &source,
+            keyed,
+            options.record_hash,
+            targets,
+            report,
+            &mut steps,
+        )
+        .await?
+    };
+    let collected = apply::apply(ltx, entity, removal, options.guard, report, &mut steps).await?;
+    drop_stages(ltx, entity).await?;
+    Ok(collected)
+}
+
+async fn drop_stages(ltx: &Transaction<'_>, entity: &EntitySpec) -> Result<(), EntityError> {
+    ltx.batch_execute(&format!(
+        "{}; {}",
+        sql::drop_stage(entity),
+        sql::drop_diff_tables(entity)
+    ))
+    .await
+    .map_err(on_local("drop the stage tables"))?;
+    Ok(())
+}

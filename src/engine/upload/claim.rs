@@ -1,0 +1,253 @@
+//! A worker's connections and prepared claims, and the stream of claimed rows to the remote:
+//! a batch's local transaction opens with its claim (one round trip), and the claimed rows are
+//! written to the remote as they arrive, never held whole in memory.
+
+use std::pin::pin;
+
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, RowStream, Statement};
+
+use super::plan::Plan;
+use super::workers::Key;
+use super::{UploadError, UploadRequest};
+use crate::data::pg::{on_local, on_remote, PgError, Pools, RawValue};
+use crate::data::sql;
+use crate::profile::{AfterUpload, ReadingsSpec};
+
+/// Opens a batch's local transaction. Its commit only removes readings the remote has already
+/// committed: if a crash of the local server lost it, those readings would be resent and the
+/// dedupe would make that a no-op. So it need not wait for its WAL flush (one fsync per batch
+/// instead of two); the remote commit, the durable record, always waits.
+const BEGIN_LOCAL: &str = "begin; set local synchronous_commit = off";
+
+/// The two connections of a run and its prepared statements. After any error a connection may
+/// be inside a transaction, so the session is discarded, never returned to the pool. The same
+/// when the run is cut short mid-batch (`RUN_TIMEOUT_SECONDS`, shutdown): the batch future is
+/// dropped with its transactions open, and closing the connections makes both servers roll
+/// them back at once, releasing the claimed readings.
+pub(super) struct Session {
+    pub(super) local: Option<deadpool_postgres::Object>,
+    pub(super) remote: Option<deadpool_postgres::Object>,
+    /// A batch is under way on these connections (set for its whole length).
+    pub(super) in_flight: bool,
+    pub(super) claim: Statement,
+    pub(super) claim_and_remove: Statement,
+    pub(super) claim_and_remove_after: Statement,
+    pub(super) remove: Statement,
+    pub(super) insert_all: Statement,
+    /// Types of the claim's columns: the local id, then the uploaded columns (also the
+    /// remote stage's layout).
+    pub(super) types: Vec<Type>,
+}
+
+impl Session {
+    pub(super) async fn open(
+        pools: &Pools,
+        request: UploadRequest<'_>,
+        plan: &Plan,
+    ) -> Result<Self, UploadError> {
+        let readings = request.readings;
+        let local = pools.local().await?;
+        let remote = pools.remote().await?;
+        remote
+            .batch_execute(&sql::create_upload_stage(readings))
+            .await
+            .map_err(on_remote("create the upload stage"))?;
+        let claim = local
+            .prepare(&sql::claim_batch(readings, &plan.outgoing))
+            .await
+            .map_err(on_local("prepare the claim"))?;
+        let claim_and_remove = local
+            .prepare(&sql::claim_and_remove(readings, &plan.outgoing))
+            .await
+            .map_err(on_local("prepare the claim"))?;
+        let claim_and_remove_after = local
+            .prepare(&sql::claim_and_remove_after(readings, &plan.outgoing))
+            .await
+            .map_err(on_local("prepare the claim"))?;
+        let remove = match readings.after_upload {
+            AfterUpload::Delete => sql::delete_uploaded(readings),
+            AfterUpload::Mark => sql::mark_uploaded(readings),
+        };
+        let remove = local
+            .prepare(&remove)
+            .await
+            .map_err(on_local("prepare the removal"))?;
+        let insert_all = remote
+            .prepare(&sql::insert_new_readings(
+                readings,
+                plan.conflict_target.as_deref(),
+                false,
+            ))
+            .await
+            .map_err(on_remote("prepare the insert"))?;
+        let types = claim.columns().iter().map(|c| c.type_().clone()).collect();
+        Ok(Self {
+            local: Some(local),
+            remote: Some(remote),
+            in_flight: false,
+            claim,
+            claim_and_remove,
+            claim_and_remove_after,
+            remove,
+            insert_all,
+            types,
+        })
+    }
+
+    pub(super) fn discard(&mut self) {
+        for object in [self.local.take(), self.remote.take()]
+            .into_iter()
+            .flatten()
+        {
+            drop(deadpool_postgres::Object::take(object));
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if self.in_flight {
+            self.discard();
+        }
+    }
+}
+
+/// Opens the batch's local transaction and starts the claim (which removes what it claims,
+/// effective only with the local commit), from the head of the queue or past `after`:
+/// pipelined, one round trip.
+pub(super) async fn begin_claim(
+    local: &Client,
+    session: &Session,
+    request: UploadRequest<'_>,
+    after: Option<&Key>,
+) -> Result<RowStream, PgError> {
+    let (begin, rows) = tokio::join!(
+        local.batch_execute(BEGIN_LOCAL),
+        claim_and_remove(local, session, request, after)
+    );
+    begin.map_err(on_local("begin the batch"))?;
+    rows.map_err(on_local("claim queued readings"))
+}
+
+/// Opens the batch's local transaction and claims with row locks, removing nothing yet (the
+/// careful way: the refused readings are only known after the send).
+pub(super) async fn begin_claim_locked(
+    local: &Client,
+    session: &Session,
+    request: UploadRequest<'_>,
+) -> Result<RowStream, PgError> {
+    let limit = i64::from(request.batch_size);
+    let (begin, rows) = tokio::join!(
+        local.batch_execute(BEGIN_LOCAL),
+        local.query_raw(&session.claim, [&limit as &(dyn ToSql + Sync)])
+    );
+    begin.map_err(on_local("begin the batch"))?;
+    rows.map_err(on_local("claim queued readings"))
+}
+
+/// Ends the batch's local transaction: `commit` or `rollback`; `what` names it in errors.
+pub(super) async fn end_local(
+    local: &Client,
+    statement: &'static str,
+    what: &'static str,
+) -> Result<(), PgError> {
+    local.batch_execute(statement).await.map_err(on_local(what))
+}
+
+/// Where `send` writes a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Destination {
+    /// The remote temporary stage (local id and columns).
+    Stage,
+    /// The remote readings table itself (columns only).
+    Table,
+}
+
+/// Streams the claimed rows to the remote as they arrive (into the stage inside a new remote
+/// transaction, or straight into the table as one autocommitted COPY), values passed through
+/// in binary; returns their local ids and the last row's `order_by` key.
+pub(super) async fn send(
+    remote: &tokio_postgres::Client,
+    session: &Session,
+    rows: tokio_postgres::RowStream,
+    readings: &ReadingsSpec,
+    destination: Destination,
+) -> Result<(Vec<i64>, Option<Key>), PgError> {
+    let (stage, skip) = match destination {
+        Destination::Stage => (sql::copy_into_upload_stage(readings), 0),
+        Destination::Table => (sql::copy_into_remote_readings(readings), 1),
+    };
+    let sink = match destination {
+        // The stage lives in a transaction, committed with the insert that follows.
+        Destination::Stage => {
+            let (begin, sink) = tokio::join!(
+                remote.batch_execute("begin"),
+                remote.copy_in::<_, Bytes>(&stage)
+            );
+            begin.map_err(on_remote("begin the batch"))?;
+            sink
+        }
+        // Straight into the table: the COPY commits by itself.
+        Destination::Table => remote.copy_in::<_, Bytes>(&stage).await,
+    };
+    let sink = sink.map_err(on_remote("send the readings"))?;
+    let writer = BinaryCopyInWriter::new(sink, &session.types[skip..]);
+    let mut writer = pin!(writer);
+    let mut rows = pin!(rows);
+    let mut ids = Vec::new();
+    let mut last = None;
+    while let Some(row) = rows
+        .try_next()
+        .await
+        .map_err(on_local("claim queued readings"))?
+    {
+        ids.push(row.get::<_, i64>(0));
+        let values: Vec<RawValue> = (skip..session.types.len()).map(|i| row.get(i)).collect();
+        // The claims that remove return the `order_by` key after the uploaded columns.
+        if row.len() > session.types.len() {
+            last = Some(row);
+        }
+        let refs: Vec<&(dyn ToSql + Sync)> =
+            values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+        writer
+            .as_mut()
+            .write(&refs)
+            .await
+            .map_err(on_remote("send the readings"))?;
+    }
+    writer
+        .as_mut()
+        .finish()
+        .await
+        .map_err(on_remote("send the readings"))?;
+    let key = last.map(|row| {
+        (session.types.len()..row.len())
+            .map(|i| row.get::<_, RawValue>(i))
+            .collect()
+    });
+    Ok((ids, key))
+}
+
+/// Claims and removes one batch, from the head of the queue or past `after`.
+async fn claim_and_remove(
+    local: &tokio_postgres::Client,
+    session: &Session,
+    request: UploadRequest<'_>,
+    after: Option<&Key>,
+) -> Result<tokio_postgres::RowStream, tokio_postgres::Error> {
+    let limit = i64::from(request.batch_size);
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&limit];
+    match after {
+        Some(key) => {
+            params.extend(key.iter().map(|v| v as &(dyn ToSql + Sync)));
+            local
+                .query_raw(&session.claim_and_remove_after, params)
+                .await
+        }
+        None => local.query_raw(&session.claim_and_remove, params).await,
+    }
+}

@@ -1,0 +1,178 @@
+//! `meter-sync run`: start-up (configuration summary, local database with retries, schema),
+//! then the HTTP server and the scheduler until SIGTERM or SIGINT, then a graceful shutdown.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::{Config, RawSettings};
+use crate::data::pg::{self, Backoff};
+use crate::error::{chain, Exit};
+use crate::profile::Profile;
+use crate::service::Service;
+
+/// How long the HTTP server may take to finish its requests after the last run ended.
+const HTTP_DRAIN: Duration = Duration::from_secs(5);
+
+/// A started service: HTTP on `addr` and (optionally) the scheduler.
+pub struct App {
+    pub service: Service,
+    pub addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    server: JoinHandle<()>,
+    scheduler: Option<JoinHandle<()>>,
+}
+
+impl App {
+    /// Serves the API on `listener` and, when `schedule` is set, runs the scheduler.
+    pub fn start(service: Service, listener: TcpListener, schedule: bool) -> std::io::Result<Self> {
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = watch::channel(false);
+        let mut http_stop = stopped.clone();
+        let router = crate::surface::http::router(service.clone(), addr.port());
+        let server = tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = http_stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        });
+        let scheduler = schedule.then(|| {
+            let service = service.clone();
+            tokio::spawn(async move { service.run_schedule(stopped).await })
+        });
+        Ok(Self {
+            service,
+            addr,
+            stop,
+            server,
+            scheduler,
+        })
+    }
+
+    /// Graceful stop: no new runs, the current run finishes (bounded by
+    /// `SHUTDOWN_GRACE_SECONDS`), then the scheduler and HTTP server stop and the pools close.
+    /// True when the run (if any) finished within the grace period.
+    pub async fn stop(self) -> bool {
+        let grace = self.service.config().shutdown_grace;
+        // The scheduler stops first so it starts nothing; HTTP stays up while the run ends, so
+        // status and waiting triggers are still answered.
+        if let Some(scheduler) = self.scheduler {
+            scheduler.abort();
+            let _ = scheduler.await;
+        }
+        let finished = self.service.shutdown(grace).await;
+        let _ = self.stop.send(true);
+        let mut server = self.server;
+        if tokio::time::timeout(HTTP_DRAIN, &mut server).await.is_err() {
+            server.abort();
+        }
+        finished
+    }
+}
+
+/// Connects to the local database with `MAX_CONNECTION_RETRIES` retries and applies the schema.
+async fn prepare_local(config: &Config, profile: &Profile) -> Result<(), String> {
+    let backoff = Backoff::connection(&config.retry);
+    let mut client = backoff
+        .retry(
+            "connect to the local database",
+            pg::PgError::is_retryable,
+            || pg::connect(&config.local, &config.pool),
+        )
+        .await
+        .map_err(|e| {
+            format!(
+                "the local database is unreachable after {} retries: {}",
+                backoff.max_retries,
+                chain(&e)
+            )
+        })?;
+    let report = crate::data::schema::migrate(&mut client, profile)
+        .await
+        .map_err(|e| format!("cannot prepare the local schema: {}", chain(&e)))?;
+    for change in &report.changes {
+        tracing::info!("schema: {change}");
+    }
+    for warning in &report.warnings {
+        tracing::warn!("schema: {warning}");
+    }
+    Ok(())
+}
+
+/// Waits for SIGTERM or SIGINT.
+pub async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received: stopping"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received: stopping"),
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; stopping on SIGINT only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// `meter-sync run`.
+pub async fn run(raw: &RawSettings, config: Config, profile: Profile) -> ExitCode {
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), "meter-sync starting");
+    for line in Config::redacted_summary(raw) {
+        tracing::info!("config: {line}");
+    }
+    tracing::info!(
+        profile = %profile.origin,
+        entities = ?profile.entities.iter().map(|e| e.name.to_string()).collect::<Vec<_>>(),
+        "profile loaded"
+    );
+    if let Err(message) = crate::surface::http::check_bind(&config) {
+        eprintln!("meter-sync: {message}");
+        return Exit::Usage.into();
+    }
+    if let Err(message) = prepare_local(&config, &profile).await {
+        tracing::error!("{message}");
+        eprintln!("meter-sync: {message}");
+        return Exit::Failed.into();
+    }
+    let address = SocketAddr::new(config.api_host, config.api_port);
+    let listener = match TcpListener::bind(address).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("meter-sync: cannot listen on {address} (API_HOST, API_PORT): {e}");
+            return Exit::Failed.into();
+        }
+    };
+    let service = match Service::new(config, profile) {
+        Ok(service) => service,
+        Err(e) => {
+            eprintln!("meter-sync: {}", chain(&e));
+            return Exit::Usage.into();
+        }
+    };
+    let app = match App::start(service, listener, true) {
+        Ok(app) => app,
+        Err(e) => {
+            eprintln!("meter-sync: cannot start the HTTP server: {e}");
+            return Exit::Failed.into();
+        }
+    };
+    tracing::info!(
+        "listening on http://{} (status /api/local/sync-status, API docs /docs, metrics /metrics)",
+        app.addr
+    );
+    stop_signal().await;
+    let finished = app.stop().await;
+    tracing::info!(run_completed = finished, "meter-sync stopped");
+    Exit::Ok.into()
+}

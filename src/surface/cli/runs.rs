@@ -1,0 +1,153 @@
+//! The commands that run a sync: `once`, `upload`, `download`, through the service like every
+//! other trigger, and `mcp` over stdio.
+
+use std::process::ExitCode;
+
+use super::print::{print_download, print_upload};
+use super::{readings, usage_error};
+use crate::config::Config;
+use crate::data::pg::Pools;
+use crate::data::runlock::{RunKind, Trigger};
+use crate::error::Exit;
+use crate::profile::Profile;
+use crate::service::cycle::{RunRequest, SyncCycleResult};
+
+pub(super) async fn download(
+    config: Config,
+    profile: Profile,
+    entities: Vec<String>,
+    full: bool,
+    allow_mass_delete: bool,
+    json: bool,
+) -> ExitCode {
+    if let Some(unknown) = entities.iter().find(|n| profile.entity(n).is_none()) {
+        let known: Vec<String> = profile
+            .entities
+            .iter()
+            .map(|e| e.name.to_string())
+            .collect();
+        eprintln!(
+            "meter-sync: unknown entity `{unknown}`; the profile has: {}",
+            known.join(", ")
+        );
+        return Exit::Usage.into();
+    }
+    let count = if entities.is_empty() {
+        profile.entities.len()
+    } else {
+        entities.len()
+    };
+    let run = RunRequest {
+        kind: RunKind::Download,
+        only: entities,
+        full,
+        allow_mass_delete,
+    };
+    let progress = crate::surface::progress::Progress::download(count);
+    let result = run_once(config, profile, run).await;
+    progress.finish();
+    let report = match result.map(|r| r.download.clone()) {
+        Ok(Some(report)) => report,
+        Ok(None) => return Exit::Failed.into(),
+        Err(code) => return code,
+    };
+    if json {
+        let mut value = serde_json::to_value(&report).unwrap_or_default();
+        value["success"] = report.success().into();
+        value["sync_result"] = report.sync_result();
+        println!("{value:#}");
+    } else {
+        print_download(&report);
+    }
+    Exit::from_success(report.success()).into()
+}
+
+/// Runs `run` through the service, as the API and the scheduler do (single flight, run lock,
+/// deadline, recording), then closes its pools. The exit code (with the reason printed) when
+/// it could not start or was cut short.
+pub(super) async fn run_once(
+    config: Config,
+    profile: Profile,
+    run: RunRequest,
+) -> Result<std::sync::Arc<SyncCycleResult>, ExitCode> {
+    let service = crate::service::Service::new(config, profile).map_err(usage_error)?;
+    let result = match service.start(run, Trigger::Cli).await {
+        Ok(handle) => handle.wait().await,
+        Err(e) => {
+            eprintln!("meter-sync: {e}");
+            return Err(Exit::Failed.into());
+        }
+    };
+    service.shutdown(std::time::Duration::ZERO).await;
+    result.map_err(|cut| {
+        eprintln!("meter-sync: {cut}");
+        Exit::Failed.into()
+    })
+}
+
+pub(super) async fn upload(config: Config, profile: Profile, json: bool) -> ExitCode {
+    if !config.upload_enabled {
+        eprintln!("meter-sync: uploads are disabled on this site (UPLOAD_ENABLED=false)");
+        return Exit::Usage.into();
+    }
+    let readings = match readings(&profile) {
+        Ok(r) => r.clone(),
+        Err(code) => return code,
+    };
+    let progress = match Pools::new(&config) {
+        Ok(pools) => crate::surface::progress::Progress::upload(&pools, &readings).await,
+        Err(e) => return usage_error(e),
+    };
+    let result = run_once(config, profile, RunRequest::of(RunKind::Upload)).await;
+    progress.finish();
+    let report = match result.map(|r| r.upload.clone()) {
+        Ok(Some(report)) => report,
+        Ok(None) => return Exit::Failed.into(),
+        Err(code) => return code,
+    };
+    if json {
+        let mut value = serde_json::to_value(&report).unwrap_or_default();
+        value["success"] = report.success().into();
+        println!("{value:#}");
+    } else {
+        print_upload(&report);
+    }
+    Exit::from_success(report.success()).into()
+}
+
+pub(super) async fn mcp(config: Config, profile: Profile) -> ExitCode {
+    let service = match crate::service::Service::new(config, profile) {
+        Ok(service) => service,
+        Err(e) => return usage_error(e),
+    };
+    match crate::surface::mcp::serve_stdio(service).await {
+        Ok(()) => Exit::Ok.into(),
+        Err(message) => {
+            tracing::error!("{message}");
+            Exit::Failed.into()
+        }
+    }
+}
+
+pub(super) async fn once(config: Config, profile: Profile, json: bool) -> ExitCode {
+    let result = match run_once(config, profile, RunRequest::of(RunKind::Cycle)).await {
+        Ok(result) => result,
+        Err(code) => return code,
+    };
+    if json {
+        println!("{:#}", serde_json::to_value(&*result).unwrap_or_default());
+    } else {
+        if let Some(upload) = &result.upload {
+            print_upload(upload);
+        }
+        if let Some(download) = &result.download {
+            print_download(download);
+        }
+        println!(
+            "cycle: {} in {} ms",
+            if result.success { "ok" } else { "FAILED" },
+            result.total_duration_ms
+        );
+    }
+    Exit::from_success(result.success).into()
+}
