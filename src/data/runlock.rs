@@ -183,6 +183,50 @@ pub enum LockError {
     Database(#[from] PgError),
 }
 
+/// Takes the session lock `key` on `client` if it is free; the connection should be one of the
+/// run's own, so that it closes (releasing the lock) if the run is cut short.
+async fn try_session_lock(
+    client: &impl tokio_postgres::GenericClient,
+    key: i64,
+    what: &'static str,
+) -> Result<bool, PgError> {
+    let row = client
+        .query_one("select pg_try_advisory_lock($1)", &[&key])
+        .await
+        .map_err(pg::on_local(what))?;
+    Ok(row.get(0))
+}
+
+/// Releases the session lock `key`; a failure only leaves it to the connection's end.
+async fn unlock_session(
+    client: &impl tokio_postgres::GenericClient,
+    key: i64,
+) -> Result<(), PgError> {
+    client
+        .execute("select pg_advisory_unlock($1)", &[&key])
+        .await
+        .map(|_| ())
+        .map_err(pg::on_local("release an advisory lock"))
+}
+
+/// The upload engine's lock ([`UPLOAD_LOCK`]): true when taken.
+pub async fn try_upload_lock(client: &impl tokio_postgres::GenericClient) -> Result<bool, PgError> {
+    try_session_lock(client, UPLOAD_LOCK, "take the upload lock").await
+}
+
+/// Releases [`UPLOAD_LOCK`].
+pub async fn unlock_upload(client: &impl tokio_postgres::GenericClient) -> Result<(), PgError> {
+    unlock_session(client, UPLOAD_LOCK).await
+}
+
+/// Waits for other `migrate` runs ([`MIGRATE_LOCK`]), held until `tx` ends.
+pub async fn lock_migrations(tx: &tokio_postgres::Transaction<'_>) -> Result<(), PgError> {
+    tx.execute("select pg_advisory_xact_lock($1)", &[&MIGRATE_LOCK])
+        .await
+        .map(|_| ())
+        .map_err(pg::on_local("wait for other migrate runs"))
+}
+
 /// The held run lock; released by [`RunLock::release`] or, if the run is cut short, by the
 /// connection closing when this value is dropped.
 pub struct RunLock {
@@ -197,12 +241,7 @@ impl RunLock {
         running: &Running,
     ) -> Result<Self, LockError> {
         let client = pg::connect(db, pool).await?;
-        let locked: bool = client
-            .query_one("select pg_try_advisory_lock($1)", &[&RUN_LOCK])
-            .await
-            .map_err(pg::on_local("take the run lock"))?
-            .get(0);
-        if !locked {
+        if !try_session_lock(&client, RUN_LOCK, "take the run lock").await? {
             let holder = holder(&client).await?.unwrap_or(Running {
                 // The holder left between the two statements, or its name is unreadable.
                 kind: RunKind::Cycle,
@@ -224,13 +263,9 @@ impl RunLock {
 
     /// Releases the lock and closes its connection.
     pub async fn release(self) {
-        if let Err(e) = self
-            .client
-            .execute("select pg_advisory_unlock($1)", &[&RUN_LOCK])
-            .await
-        {
+        if let Err(e) = unlock_session(&self.client, RUN_LOCK).await {
             // Closing the connection below releases it anyway.
-            tracing::debug!(error = %pg::describe(&e), "run lock release");
+            tracing::debug!(error = %e, "run lock release");
         }
     }
 }

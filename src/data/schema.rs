@@ -79,12 +79,7 @@ pub async fn migrate(
 ) -> Result<MigrateReport, SchemaError> {
     let q = |context: &'static str| move |e| PgError::query(Side::Local, context, e);
     let tx = client.transaction().await.map_err(q("begin migrate"))?;
-    tx.execute(
-        "select pg_advisory_xact_lock($1)",
-        &[&crate::data::runlock::MIGRATE_LOCK],
-    )
-    .await
-    .map_err(q("wait for other migrate runs"))?;
+    crate::data::runlock::lock_migrations(&tx).await?;
     let mut report = MigrateReport::default();
     apply_migrations(&tx, &mut report).await?;
     for entity in &profile.entities {

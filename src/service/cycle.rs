@@ -8,10 +8,11 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::config::Config;
-use crate::data::pg::{Backoff, Deadline, Pools};
+use crate::data::pg::{Backoff, Pools};
 use crate::data::runlock::RunKind;
 use crate::engine::download::{self, DownloadReport, DownloadRequest};
 use crate::engine::upload::{self, UploadReport};
+use crate::engine::Deadline;
 use crate::profile::{Profile, ReadingsSpec, METER_ENTITIES, TENANT_ENTITIES};
 
 /// The result of one entity's download in the shape of 003's `MeterSyncResult` (also used for

@@ -280,7 +280,7 @@ pub async fn download_with(
             backoff: meter_sync::data::pg::Backoff::connection(&config.retry),
             full: false,
             guard: config.delete_guard,
-            deadline: meter_sync::data::pg::Deadline::from_config(config),
+            deadline: meter_sync::engine::Deadline::from_config(config),
         },
     )
     .await

@@ -37,7 +37,8 @@ use std::time::Instant;
 
 pub use report::{ChangedRow, DownloadReport, EntityReport, NewRow, Strategy, DETAIL_LIMIT};
 
-use crate::data::pg::{Backoff, Deadline, PgError, Pools, TimedOut};
+use crate::data::pg::{Backoff, PgError, Pools};
+use crate::engine::{Deadline, TimedOut};
 use crate::error::chain;
 use crate::profile::{EntitySpec, Profile, TenantId};
 

@@ -40,9 +40,10 @@ pub use quarantine::{
 };
 pub use report::{QueueStats, RejectedReading, UploadReport};
 
-use crate::data::pg::{on_local, Backoff, Deadline, PgError, Pools, TimedOut};
-use crate::data::runlock::UPLOAD_LOCK;
+use crate::data::pg::{on_local, Backoff, PgError, Pools};
+use crate::data::runlock;
 use crate::data::sql;
+use crate::engine::{Deadline, TimedOut};
 use crate::error::chain;
 use crate::profile::{AfterUpload, Profile, ReadingsSpec, TenantId};
 
@@ -137,18 +138,11 @@ async fn run_batches(
     // connection closes with it and the session lock is released, instead of going back to
     // the pool still holding the lock.
     let guard = deadpool_postgres::Object::take(pools.local_with_retry(request.connect).await?);
-    let locked: bool = guard
-        .query_one("select pg_try_advisory_lock($1)", &[&UPLOAD_LOCK])
-        .await
-        .map_err(on_local("take the upload lock"))?
-        .get(0);
-    if !locked {
+    if !runlock::try_upload_lock(&*guard).await? {
         return Err(UploadError::AlreadyRunning);
     }
     let result = drain(pools, request, report, &guard).await;
-    let _ = guard
-        .execute("select pg_advisory_unlock($1)", &[&UPLOAD_LOCK])
-        .await;
+    let _ = runlock::unlock_upload(&*guard).await;
     if readings.after_upload == AfterUpload::Mark && result.is_ok() {
         report.purged = guard
             .execute(
