@@ -11,7 +11,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::error::SqlState;
 
 use crate::config::{Config, DbConfig, PoolConfig, RetryConfig, Side};
-pub use raw::RawValue;
+pub use raw::{copy_row, RawValue};
 pub use tls::TlsError;
 
 /// The `application_name` the service connects with (visible in `pg_stat_activity`).

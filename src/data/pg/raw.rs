@@ -1,8 +1,13 @@
 //! A column value carried as its binary wire bytes, whatever its type: read from one server
 //! and written to another of the same column type without decoding.
 
+use std::ops::Range;
+use std::pin::Pin;
+
 use bytes::BytesMut;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{to_sql_checked, FromSql, IsNull, ToSql, Type};
+use tokio_postgres::Row;
 
 /// A value in PostgreSQL's binary format; `None` is SQL NULL. Only meaningful between columns
 /// of the same type, which the caller must have checked.
@@ -43,4 +48,16 @@ impl ToSql for RawValue {
     }
 
     to_sql_checked!();
+}
+
+/// Writes the `columns` of `row` to a binary COPY as they came, without decoding them (the
+/// column types on both sides were checked to match).
+pub async fn copy_row(
+    writer: Pin<&mut BinaryCopyInWriter>,
+    row: &Row,
+    columns: Range<usize>,
+) -> Result<(), tokio_postgres::Error> {
+    let values: Vec<RawValue> = columns.map(|i| row.get(i)).collect();
+    let refs: Vec<&(dyn ToSql + Sync)> = values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+    writer.write(&refs).await
 }

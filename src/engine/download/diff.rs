@@ -14,7 +14,7 @@ use super::apply::Removal;
 use super::entity::Source;
 use super::rows::{check_remote_keys, pipe, skip};
 use super::{full, EntityError, EntityReport, Strategy};
-use crate::data::pg::{on_local, on_remote, PgError, RawValue};
+use crate::data::pg::{copy_row, on_local, on_remote, PgError};
 use crate::data::sql;
 use crate::data::sql::Target;
 use crate::logging::Steps;
@@ -152,12 +152,7 @@ async fn fetch_by_keys(
             .await
             .map_err(on_remote("fetch changed rows"))?
         {
-            let values: Vec<RawValue> = (0..types.len()).map(|i| row.get(i)).collect();
-            let refs: Vec<&(dyn ToSql + Sync)> =
-                values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-            writer
-                .as_mut()
-                .write(&refs)
+            copy_row(writer.as_mut(), &row, 0..types.len())
                 .await
                 .map_err(on_local("write the stage table"))?;
             fetched += 1;

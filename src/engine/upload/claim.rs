@@ -13,7 +13,7 @@ use tokio_postgres::{Client, RowStream, Statement};
 use super::plan::Plan;
 use super::workers::Key;
 use super::{UploadError, UploadRequest};
-use crate::data::pg::{on_local, on_remote, PgError, Pools, RawValue};
+use crate::data::pg::{copy_row, on_local, on_remote, PgError, Pools, RawValue};
 use crate::data::sql;
 use crate::profile::{AfterUpload, ReadingsSpec};
 
@@ -206,18 +206,13 @@ pub(super) async fn send(
         .map_err(on_local("claim queued readings"))?
     {
         ids.push(row.get::<_, i64>(0));
-        let values: Vec<RawValue> = (skip..session.types.len()).map(|i| row.get(i)).collect();
+        copy_row(writer.as_mut(), &row, skip..session.types.len())
+            .await
+            .map_err(on_remote("send the readings"))?;
         // The claims that remove return the `order_by` key after the uploaded columns.
         if row.len() > session.types.len() {
             last = Some(row);
         }
-        let refs: Vec<&(dyn ToSql + Sync)> =
-            values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-        writer
-            .as_mut()
-            .write(&refs)
-            .await
-            .map_err(on_remote("send the readings"))?;
     }
     writer
         .as_mut()

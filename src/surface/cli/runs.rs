@@ -11,6 +11,7 @@ use crate::data::runlock::{RunKind, Trigger};
 use crate::error::Exit;
 use crate::profile::Profile;
 use crate::service::cycle::{RunRequest, SyncCycleResult};
+use crate::surface::progress::Progress;
 
 pub(super) async fn download(
     config: Config,
@@ -43,12 +44,9 @@ pub(super) async fn download(
         full,
         allow_mass_delete,
     };
-    let progress = crate::surface::progress::Progress::download(count);
-    let result = run_once(config, profile, run).await;
-    progress.finish();
-    let report = match result.map(|r| r.download.clone()) {
-        Ok(Some(report)) => report,
-        Ok(None) => return Exit::Failed.into(),
+    let progress = Progress::download(count);
+    let report = match run_part(config, profile, run, progress, |r| r.download.clone()).await {
+        Ok(report) => report,
         Err(code) => return code,
     };
     if json {
@@ -60,6 +58,19 @@ pub(super) async fn download(
         print_download(&report);
     }
     Exit::from_success(report.success()).into()
+}
+
+/// [`run_once`] with `progress` shown until it ends, returning the report of its one part.
+async fn run_part<T>(
+    config: Config,
+    profile: Profile,
+    run: RunRequest,
+    progress: Progress,
+    part: impl FnOnce(&SyncCycleResult) -> Option<T>,
+) -> Result<T, ExitCode> {
+    let result = run_once(config, profile, run).await;
+    progress.finish();
+    part(&*result?).ok_or_else(|| Exit::Failed.into())
 }
 
 /// Runs `run` through the service, as the API and the scheduler do (single flight, run lock,
@@ -95,14 +106,12 @@ pub(super) async fn upload(config: Config, profile: Profile, json: bool) -> Exit
         Err(code) => return code,
     };
     let progress = match Pools::new(&config) {
-        Ok(pools) => crate::surface::progress::Progress::upload(&pools, &readings).await,
+        Ok(pools) => Progress::upload(&pools, &readings).await,
         Err(e) => return usage_error(e),
     };
-    let result = run_once(config, profile, RunRequest::of(RunKind::Upload)).await;
-    progress.finish();
-    let report = match result.map(|r| r.upload.clone()) {
-        Ok(Some(report)) => report,
-        Ok(None) => return Exit::Failed.into(),
+    let run = RunRequest::of(RunKind::Upload);
+    let report = match run_part(config, profile, run, progress, |r| r.upload.clone()).await {
+        Ok(report) => report,
         Err(code) => return code,
     };
     if json {
