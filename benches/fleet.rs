@@ -80,8 +80,13 @@ async fn agent(
         ],
     );
     let pools = Pools::new(&config).unwrap();
-    let result =
-        meter_sync::service::cycle::run(&pools, &config, profile, &RunKind::Cycle.into()).await;
+    let result = meter_sync::service::cycle::run(
+        &pools,
+        &config,
+        profile,
+        &meter_sync::service::cycle::RunRequest::of(RunKind::Cycle),
+    )
+    .await;
     pools.local.close();
     pools.remote.close();
     result

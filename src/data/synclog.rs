@@ -173,6 +173,12 @@ const ROW_COLUMNS: &str =
     "id, sync_type::text, entity::text, success, records_processed, inserted, \
      updated, deleted, skipped, error_message, duration_ms, details, timestamp";
 
+/// [`ROW_COLUMNS`] with `details` left NULL: the status reads the latest rows every few
+/// seconds and shows none of their details (up to hundreds of keys per entity).
+const SUMMARY_COLUMNS: &str =
+    "id, sync_type::text, entity::text, success, records_processed, inserted, \
+     updated, deleted, skipped, error_message, duration_ms, null::jsonb, timestamp";
+
 fn log_row(r: &tokio_postgres::Row) -> LogRow {
     LogRow {
         id: r.get(0),
@@ -211,12 +217,12 @@ pub async fn recent(client: &impl GenericClient, query: LogsQuery) -> Result<Vec
     Ok(rows.iter().map(log_row).collect())
 }
 
-/// The latest row of each part: the upload, and each entity ever downloaded.
+/// The latest row of each part: the upload, and each entity ever downloaded (without details).
 pub async fn latest_per_part(client: &impl GenericClient) -> Result<Vec<LogRow>, PgError> {
     let rows = client
         .query(
             &format!(
-                "select distinct on (sync_type, entity) {ROW_COLUMNS}
+                "select distinct on (sync_type, entity) {SUMMARY_COLUMNS}
                  from sync_logs order by sync_type, entity, timestamp desc, id desc"
             ),
             &[],
@@ -226,7 +232,7 @@ pub async fn latest_per_part(client: &impl GenericClient) -> Result<Vec<LogRow>,
     Ok(rows.iter().map(log_row).collect())
 }
 
-/// The latest download row of any of `entities`.
+/// The latest download row of any of `entities` (without details).
 pub async fn latest_download(
     client: &impl GenericClient,
     entities: &[String],
@@ -234,7 +240,7 @@ pub async fn latest_download(
     let row = client
         .query_opt(
             &format!(
-                "select {ROW_COLUMNS} from sync_logs where sync_type = 'download' and entity = any($1)
+                "select {SUMMARY_COLUMNS} from sync_logs where sync_type = 'download' and entity = any($1)
                  order by timestamp desc, id desc limit 1"
             ),
             &[&entities],

@@ -145,12 +145,6 @@ impl RunRequest {
     }
 }
 
-impl From<RunKind> for RunRequest {
-    fn from(kind: RunKind) -> Self {
-        Self::of(kind)
-    }
-}
-
 /// Runs one upload and records it.
 pub async fn upload(pools: &Pools, request: upload::UploadRequest<'_>) -> UploadReport {
     let report = upload::run(pools, request).await;

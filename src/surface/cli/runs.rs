@@ -6,11 +6,11 @@ use std::process::ExitCode;
 use super::print::{print_download, print_upload};
 use super::{readings, usage_error};
 use crate::config::Config;
-use crate::data::pg::Pools;
 use crate::data::runlock::{RunKind, Trigger};
 use crate::error::Exit;
 use crate::profile::Profile;
 use crate::service::cycle::{RunRequest, SyncCycleResult};
+use crate::service::Service;
 use crate::surface::progress::Progress;
 
 pub(super) async fn download(
@@ -44,8 +44,12 @@ pub(super) async fn download(
         full,
         allow_mass_delete,
     };
+    let service = match new_service(config, profile) {
+        Ok(service) => service,
+        Err(code) => return code,
+    };
     let progress = Progress::download(count);
-    let report = match run_part(config, profile, run, progress, |r| r.download.clone()).await {
+    let report = match run_part(service, run, progress, |r| r.download.clone()).await {
         Ok(report) => report,
         Err(code) => return code,
     };
@@ -62,26 +66,29 @@ pub(super) async fn download(
 
 /// [`run_once`] with `progress` shown until it ends, returning the report of its one part.
 async fn run_part<T>(
-    config: Config,
-    profile: Profile,
+    service: Service,
     run: RunRequest,
     progress: Progress,
     part: impl FnOnce(&SyncCycleResult) -> Option<T>,
 ) -> Result<T, ExitCode> {
-    let result = run_once(config, profile, run).await;
+    let result = run_once(service, run).await;
     progress.finish();
     part(&*result?).ok_or_else(|| Exit::Failed.into())
+}
+
+/// The service of a one-shot command (connections are made lazily); a usage error when the
+/// configuration cannot make its pools.
+fn new_service(config: Config, profile: Profile) -> Result<Service, ExitCode> {
+    Service::new(config, profile).map_err(usage_error)
 }
 
 /// Runs `run` through the service, as the API and the scheduler do (single flight, run lock,
 /// deadline, recording), then closes its pools. The exit code (with the reason printed) when
 /// it could not start or was cut short.
-pub(super) async fn run_once(
-    config: Config,
-    profile: Profile,
+async fn run_once(
+    service: Service,
     run: RunRequest,
 ) -> Result<std::sync::Arc<SyncCycleResult>, ExitCode> {
-    let service = crate::service::Service::new(config, profile).map_err(usage_error)?;
     let result = match service.start(run, Trigger::Cli).await {
         Ok(handle) => handle.wait().await,
         Err(e) => {
@@ -101,16 +108,20 @@ pub(super) async fn upload(config: Config, profile: Profile, json: bool) -> Exit
         eprintln!("meter-sync: uploads are disabled on this site (UPLOAD_ENABLED=false)");
         return Exit::Usage.into();
     }
-    let readings = match readings(&profile) {
-        Ok(r) => r.clone(),
+    if let Err(code) = readings(&profile) {
+        return code;
+    }
+    let service = match new_service(config, profile) {
+        Ok(service) => service,
         Err(code) => return code,
     };
-    let progress = match Pools::new(&config) {
-        Ok(pools) => Progress::upload(&pools, &readings).await,
-        Err(e) => return usage_error(e),
+    // The progress bar polls the queue on the run's own pool.
+    let progress = match readings(service.profile()) {
+        Ok(readings) => Progress::upload(service.pools(), readings).await,
+        Err(code) => return code,
     };
     let run = RunRequest::of(RunKind::Upload);
-    let report = match run_part(config, profile, run, progress, |r| r.upload.clone()).await {
+    let report = match run_part(service, run, progress, |r| r.upload.clone()).await {
         Ok(report) => report,
         Err(code) => return code,
     };
@@ -125,9 +136,9 @@ pub(super) async fn upload(config: Config, profile: Profile, json: bool) -> Exit
 }
 
 pub(super) async fn mcp(config: Config, profile: Profile) -> ExitCode {
-    let service = match crate::service::Service::new(config, profile) {
+    let service = match new_service(config, profile) {
         Ok(service) => service,
-        Err(e) => return usage_error(e),
+        Err(code) => return code,
     };
     match crate::surface::mcp::serve_stdio(service).await {
         Ok(()) => Exit::Ok.into(),
@@ -139,7 +150,11 @@ pub(super) async fn mcp(config: Config, profile: Profile) -> ExitCode {
 }
 
 pub(super) async fn once(config: Config, profile: Profile, json: bool) -> ExitCode {
-    let result = match run_once(config, profile, RunRequest::of(RunKind::Cycle)).await {
+    let service = match new_service(config, profile) {
+        Ok(service) => service,
+        Err(code) => return code,
+    };
+    let result = match run_once(service, RunRequest::of(RunKind::Cycle)).await {
         Ok(result) => result,
         Err(code) => return code,
     };
