@@ -12,8 +12,12 @@ use crate::data::pg::PgError;
 pub enum Layout {
     /// `profiles/default.toml`: tenant, meter, register, device_register, meter_readings.
     Default,
-    /// `profiles/db-sync-process.toml` (spec 004): tenant, meters, meter_readings.
+    /// The tenant-scoped variant of `profiles/db-sync-process.toml` (spec 004 plus
+    /// `meters.tenant_id`): tenant, meters, meter_readings.
     DbSyncProcess,
+    /// Spec 004's remote schema exactly as 004 writes it (`meters` without a tenant), for
+    /// `profiles/db-sync-process.toml` as shipped.
+    Spec004,
 }
 
 impl Layout {
@@ -22,6 +26,7 @@ impl Layout {
         match self {
             Layout::Default => include_str!("../fixtures/remote-default.sql"),
             Layout::DbSyncProcess => include_str!("../fixtures/remote-db-sync-process.sql"),
+            Layout::Spec004 => include_str!("../fixtures/remote-spec-004.sql"),
         }
     }
 
@@ -29,7 +34,7 @@ impl Layout {
     pub fn tenant_id(self, n: i64) -> String {
         match self {
             Layout::Default => n.to_string(),
-            Layout::DbSyncProcess => format!("tenant-{n}"),
+            Layout::DbSyncProcess | Layout::Spec004 => format!("tenant-{n}"),
         }
     }
 }
@@ -99,6 +104,10 @@ pub async fn fill_remote(
         Layout::DbSyncProcess => vec![
             ("tenants", PROCESS_TENANTS, vec![t]),
             ("meters", PROCESS_METERS, vec![t, m]),
+        ],
+        Layout::Spec004 => vec![
+            ("tenants", PROCESS_TENANTS, vec![t]),
+            ("meters", SPEC_004_METERS, vec![t, m]),
         ],
     };
     for (what, statement, values) in steps {
@@ -219,3 +228,10 @@ pub async fn change_remote_config(
     }
     Ok(done)
 }
+
+/// [`PROCESS_METERS`] without the tenant column, which 004's own `meters` lacks.
+const SPEC_004_METERS: &str = "insert into meters (meter_id, name, location_id, meter_type, unit, configuration, updated_at)
+select 'M-' || t || '-' || m, 'Meter ' || t || '-' || m, 'L-' || (m % 7), (array['electric', 'water', 'gas'])[1 + (m % 3)::int],
+       (array['kWh', 'm3', 'm3'])[1 + (m % 3)::int], jsonb_build_object('interval_s', 60 * (1 + m % 5)),
+       timestamp '2026-01-01 00:00:00' + m * interval '1 minute'
+from generate_series(1, $1::bigint) t, generate_series(1, $2::bigint) m";

@@ -23,7 +23,22 @@ pub(crate) fn meter_sync(env: &[(String, String)], args: &[&str]) -> (i32, Strin
 #[tokio::test]
 async fn check_succeeds_against_both_harness_databases() {
     let env = TestEnv::new("check_ok").await;
-    let vars = env.env(&[("POSTGRES_CLIENT_PASSWORD", "not-needed-but-secret")]);
+    // A dry run of the profile: the tables it names must exist.
+    crate::support::load_remote_fixture(
+        &env.remote,
+        meter_sync::fixture::Layout::Default,
+        meter_sync::fixture::FixtureSize::default(),
+    )
+    .await;
+    crate::support::migrate_local(
+        &env.local,
+        &meter_sync::profile::Profile::builtin_default().unwrap(),
+    )
+    .await;
+    let vars = env.env(&[
+        ("POSTGRES_CLIENT_PASSWORD", "not-needed-but-secret"),
+        ("TENANT_ID", "1"),
+    ]);
     let (code, out, err) = tokio::task::spawn_blocking(move || meter_sync(&vars, &["check"]))
         .await
         .unwrap();
@@ -31,6 +46,14 @@ async fn check_succeeds_against_both_harness_databases() {
     assert!(out.contains("local database 127.0.0.1:"), "{out}");
     assert!(out.contains(": ok (PostgreSQL 1"), "{out}");
     assert!(out.contains("profile: built-in default (entities in order: tenant, meter, register, device_register)"), "{out}");
+    assert!(out.contains("profile check (every statement prepared, every column pair compared, nothing written): ok"), "{out}");
+    for part in [
+        "entity tenant: ok",
+        "entity device_register: ok",
+        "readings meter_readings -> remote meter_readings: ok",
+    ] {
+        assert!(out.contains(part), "{part:?} in {out}");
+    }
     assert!(
         out.contains("POSTGRES_CLIENT_PASSWORD=******** (environment)"),
         "{out}"

@@ -1,7 +1,7 @@
 //! The download engine against real clusters: examples of each behaviour.
 
 use meter_sync::fixture::{FixtureSize, Layout};
-use meter_sync::profile::{Profile, DB_SYNC_PROCESS_PROFILE_TOML};
+use meter_sync::profile::{db_sync_process_tenant_scoped_toml, Profile};
 
 use crate::support::{
     count, database_checksum, default_env, download, load_remote_fixture, migrate_local, rows_text,
@@ -259,7 +259,7 @@ async fn a_type_mismatch_is_reported_before_copying() {
     let report = download(&env, &profile, Some("1"), &[]).await;
     let error = report.entity("meter").unwrap().error.clone().unwrap();
     assert!(
-        error.starts_with("meter: column types could change or refuse values on the way, so nothing of meter was applied: port: remote int8, local int4 (int4 refuses values outside its range)"),
+        error.starts_with("meter: column types could change or refuse values on the way, so nothing of meter was applied: port: remote int8, local int4 (int4 refuses values outside its range; allowed per value with convert = \"checked\" on the column: a value that does not fit is then refused on its own, never altered)"),
         "{error}"
     );
     assert!(report.entity("register").unwrap().success);
@@ -423,7 +423,7 @@ columns = [
 async fn the_db_sync_process_profile_mirrors_varchar_keyed_tables() {
     let env = TestEnv::new("dl_004").await;
     load_remote_fixture(&env.remote, Layout::DbSyncProcess, FixtureSize::default()).await;
-    let profile = Profile::parse(DB_SYNC_PROCESS_PROFILE_TOML, "004").unwrap();
+    let profile = Profile::parse(&db_sync_process_tenant_scoped_toml(), "004").unwrap();
     migrate_local(&env.local, &profile).await;
     let report = download(&env, &profile, Some("tenant-2"), &[]).await;
     assert!(report.success(), "{report:#?}");

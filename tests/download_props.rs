@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use meter_sync::engine::download::DownloadReport;
 use meter_sync::fixture::{FixtureSize, Layout};
-use meter_sync::profile::{Profile, DB_SYNC_PROCESS_PROFILE_TOML};
+use meter_sync::profile::{db_sync_process_tenant_scoped_toml, Profile};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use tokio_postgres::Client;
@@ -150,7 +150,11 @@ impl PropDb {
             let profile = match layout {
                 Layout::Default => Profile::builtin_default().unwrap(),
                 Layout::DbSyncProcess => {
-                    Profile::parse(DB_SYNC_PROCESS_PROFILE_TOML, "004").unwrap()
+                    Profile::parse(&db_sync_process_tenant_scoped_toml(), "004").unwrap()
+                }
+                Layout::Spec004 => {
+                    Profile::parse(meter_sync::profile::DB_SYNC_PROCESS_PROFILE_TOML, "004")
+                        .unwrap()
                 }
             };
             migrate_local(&env.local, &profile).await;

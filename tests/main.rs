@@ -14,6 +14,7 @@ mod faults;
 mod fixture;
 mod hostile;
 mod integrity;
+mod legacy;
 mod local_faults;
 mod mcp;
 mod migrate;

@@ -2,7 +2,9 @@
 //! of column types with modifiers, and random values that fit the source type, a download or an
 //! upload either delivers every value unchanged or is refused before anything moves. Never a
 //! third outcome (a value rounded, truncated, padded or shifted through a time zone; a value
-//! refused half way).
+//! refused half way). With `convert = "checked"` one more outcome is allowed, value by value: a
+//! value the target cannot hold fails its entity (download) or quarantines its reading, which
+//! stays queued unchanged (upload); every other value still arrives unchanged.
 
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -147,6 +149,8 @@ struct Case {
     source: usize,
     target: usize,
     zone: bool,
+    /// The column is `convert = "checked"`.
+    checked: bool,
     values: Vec<Option<String>>,
 }
 
@@ -156,8 +160,9 @@ fn cases() -> impl Strategy<Value = Case> {
         any::<bool>(),
         any::<bool>(),
         any::<prop::sample::Index>(),
+        any::<bool>(),
     )
-        .prop_flat_map(|(source, related, zone, pick)| {
+        .prop_flat_map(|(source, related, zone, pick, checked)| {
             let target = if related {
                 let family = FAMILIES.iter().find(|f| f.contains(&source)).unwrap();
                 family[pick.index(family.len())]
@@ -168,25 +173,33 @@ fn cases() -> impl Strategy<Value = Case> {
                 Just(source),
                 Just(target),
                 Just(zone),
+                Just(checked),
                 vec(prop::option::weighted(0.85, value(source)), 1..6),
             )
         })
-        .prop_map(|(source, target, zone, values)| Case {
+        .prop_map(|(source, target, zone, checked, values)| Case {
             source,
             target,
             zone,
+            checked,
             values,
         })
 }
 
-/// The profile column of the local type, with the zone when asked and allowed.
-fn column(name: &str, local: &str, zone: bool) -> String {
+/// The profile column of the local type, with the zone when asked and allowed, and
+/// `convert = "checked"` when asked.
+fn column(name: &str, local: &str, zone: bool, checked: bool) -> String {
     let zone = if zone && local.starts_with("timestamp") && !local.ends_with("[]") {
         ", time_zone = \"UTC\""
     } else {
         ""
     };
-    format!("{{ name = \"{name}\", type = \"{local}\"{zone} }}")
+    let checked = if checked {
+        ", convert = \"checked\""
+    } else {
+        ""
+    };
+    format!("{{ name = \"{name}\", type = \"{local}\"{zone}{checked} }}")
 }
 
 /// The per-test runtime and databases (sessions read times in UTC, the declared zone, so
@@ -272,11 +285,11 @@ fn a_download_stores_every_value_unchanged_or_is_refused_up_front() {
 /// The probe table's profile, `head` (the entity or readings header) and `key` (the key
 /// column) before the column `v` of the local type: the local table is dropped and migrated
 /// anew from it.
-async fn probe_profile(db: &Db, head: &str, key: &str, local_ty: &str, zone: bool) -> Profile {
+async fn probe_profile(db: &Db, head: &str, key: &str, local_ty: &str, case: &Case) -> Profile {
     let profile = Profile::parse(
         &format!(
             "{head}\ncolumns = [{key}, {}]\n",
-            column("v", local_ty, zone)
+            column("v", local_ty, case.zone, case.checked)
         ),
         "types",
     )
@@ -306,7 +319,7 @@ async fn download_case(db: &Db, case: &Case) -> bool {
         "[[entity]]\nname = \"probe\"\nkey = \"id\"",
         "{ name = \"id\", type = \"bigint\", nullable = false }",
         local_ty,
-        case.zone,
+        case,
     )
     .await;
     let report = crate::support::download(&db.env, &profile, Some("1"), &[]).await;
@@ -317,9 +330,15 @@ async fn download_case(db: &Db, case: &Case) -> bool {
             true
         }
         Some(error) => {
+            let unfit = case.checked
+                && error.contains(&format!(
+                    "which the local {} cannot hold (convert = \"checked\")",
+                    short(local_ty)
+                ));
             assert!(
-                error.contains("column types could change or refuse values on the way")
-                    && error.contains(&format!("v: remote {}", short(remote_ty))),
+                unfit
+                    || error.contains("column types could change or refuse values on the way")
+                        && error.contains(&format!("v: remote {}", short(remote_ty))),
                 "{case:?}: a third outcome: {error}"
             );
             assert_eq!(
@@ -361,7 +380,7 @@ async fn upload_case(db: &Db, case: &Case, unique: bool) -> bool {
         "[readings]\ntable = \"probe\"\norder_by = \"id\"\ndedupe_key = \"meter_id\"",
         "{ name = \"meter_id\", type = \"text\", nullable = false }",
         local_ty,
-        case.zone,
+        case,
     )
     .await;
     fill(&local, "probe", "meter_id", local_ty, case).await;
@@ -369,19 +388,46 @@ async fn upload_case(db: &Db, case: &Case, unique: bool) -> bool {
     let report = crate::support::upload(&db.env, &profile).await;
     match &report.error {
         None => {
+            // Checked values that do not fit stay queued, quarantined with the reason and
+            // unchanged; all others arrive unchanged.
+            let kept = rows_text(
+                &local,
+                "select meter_id, v::text, quarantined_at is not null, sync_error like 'v = % does not fit the remote %' from probe order by 1",
+            )
+            .await;
+            assert!(
+                case.checked || kept.is_empty(),
+                "{case:?}: readings left behind: {kept:?}"
+            );
+            assert_eq!(report.quarantined as usize, kept.len(), "{case:?}");
             assert_eq!(
-                count(&remote, "probe").await as usize,
+                count(&remote, "probe").await as usize + kept.len(),
                 case.values.len(),
                 "{case:?}: {report:?}"
             );
-            assert_eq!(count(&local, "probe").await, 0, "{case:?}");
             // The local rows are gone: compare with what they were.
             let stored = rows_text(
                 &remote,
-                &format!("select meter_id, (v::{local_ty})::text from probe order by 1"),
+                &format!(
+                    "select meter_id, (v::{local_ty})::text from probe union all
+                     select meter_id, v::text from probe_kept order by 1"
+                )
+                .replace(
+                    "probe_kept",
+                    &format!(
+                        "(select * from (values {}) k(meter_id, v) where meter_id is not null) kept",
+                        kept_values(&local).await
+                    ),
+                ),
             )
             .await;
             assert_eq!(before, stored, "{case:?}: a value changed on the way");
+            for row in &kept {
+                assert!(
+                    row.ends_with(",t,t)"),
+                    "{case:?}: kept without the reason: {row}"
+                );
+            }
             true
         }
         Some(error) => {
@@ -407,6 +453,31 @@ async fn upload_case(db: &Db, case: &Case, unique: bool) -> bool {
     }
 }
 
+/// The quarantined local readings as a `values` list of (meter_id, v as text), or a row
+/// that matches nothing when there are none.
+async fn kept_values(local: &tokio_postgres::Client) -> String {
+    let rows = local
+        .query(
+            "select quote_literal(meter_id), coalesce(quote_literal(v::text), 'null') from probe",
+            &[],
+        )
+        .await
+        .unwrap();
+    if rows.is_empty() {
+        return "(null::text, null::text)".into();
+    }
+    rows.iter()
+        .map(|r| {
+            format!(
+                "({}, {}::text)",
+                r.get::<_, String>(0),
+                r.get::<_, String>(1)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A case of the named types with these values.
 fn case(source: &str, target: &str, zone: bool, values: &[&str]) -> Case {
     let index = |t: &str| TYPES.iter().position(|x| *x == t).unwrap();
@@ -414,6 +485,7 @@ fn case(source: &str, target: &str, zone: bool, values: &[&str]) -> Case {
         source: index(source),
         target: index(target),
         zone,
+        checked: false,
         values: values.iter().map(|v| Some(v.to_string())).collect(),
     }
 }
@@ -499,6 +571,57 @@ fn the_named_pairs_are_refused_or_converted_exactly() {
                     upload_case(&db, case, unique).await,
                     *accepted,
                     "upload {case:?}, unique index {unique}"
+                );
+            }
+        }
+    });
+}
+
+// The real-schemas issue, item 1: narrowing pairs PostgreSQL can only refuse per value are
+// allowed with `convert = "checked"`; a value that does not fit fails its entity (download) or
+// quarantines its reading (upload, both paths), and nothing is ever altered: text with
+// trailing spaces is refused too, where PostgreSQL itself would strip them silently.
+#[test]
+fn checked_narrowing_pairs_refuse_only_the_values_that_do_not_fit() {
+    let db = Db::new("types_checked");
+    let checked = |source, target, values: &[&str]| Case {
+        checked: true,
+        ..case(source, target, false, values)
+    };
+    db.rt.block_on(async {
+        for (case, fits) in [
+            (checked("int8", "int4", &["5", "-2147483648"]), true),
+            (checked("int8", "int4", &["5", "3000000000"]), false),
+            (checked("int4", "int2", &["-32768", "32767"]), true),
+            (
+                checked("text", "varchar(10)", &["short", "ten chars!"]),
+                true,
+            ),
+            (
+                checked("text", "varchar(10)", &["short", "ten chars!  "]),
+                false,
+            ),
+            (
+                checked("varchar(40)", "varchar(10)", &["eleven char"]),
+                false,
+            ),
+            (checked("numeric(18, 4)", "numeric(10, 0)", &["1.5"]), false),
+            (checked("int8", "numeric(10, 0)", &["9999999999"]), true),
+            (checked("int8", "numeric(10, 0)", &["10000000000"]), false),
+        ] {
+            if case.source == 4 {
+                // numeric(18, 4) -> numeric(10, 0) rounds: refused even when checked.
+                assert!(!download_case(&db, &case).await, "{case:?}");
+                continue;
+            }
+            assert_eq!(download_case(&db, &case).await, fits, "download {case:?}");
+            for unique in [false, true] {
+                assert!(upload_case(&db, &case, unique).await, "upload {case:?}");
+                let local = db.env.local.client().await;
+                assert_eq!(
+                    count(&local, "probe").await == 0,
+                    fits,
+                    "upload {case:?}: a value that does not fit stays queued"
                 );
             }
         }

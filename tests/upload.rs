@@ -108,6 +108,7 @@ async fn a_poison_reading_is_quarantined_and_never_blocks_the_queue() {
         .await
         .unwrap()
         .get(0);
+    let poison = meter_sync::engine::upload::ReadingId::Int(poison);
     let report = upload(&env, &profile).await;
     assert!(report.success(), "{report:#?}");
     assert_eq!(report.uploaded, 119);
@@ -128,7 +129,7 @@ async fn a_poison_reading_is_quarantined_and_never_blocks_the_queue() {
     )
     .await
     .unwrap();
-    assert_eq!((list.len(), list[0].id, list[0].attempts), (1, poison, 2));
+    assert_eq!((list.len(), &list[0].id, list[0].attempts), (1, &poison, 2));
     // More readings flow past it.
     insert_local_readings(&local, 10, 5, 1000).await.unwrap();
     assert_eq!(upload(&env, &profile).await.uploaded, 10);

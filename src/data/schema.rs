@@ -1,17 +1,18 @@
 //! The local schema: `meter-sync migrate`. A tracked list of the service's own migrations
 //! (`sync_logs`, the `meter_sync_log` view), then the tables of the active profile reconciled
-//! with the catalog: missing tables and columns are created, nothing is ever dropped or
-//! altered, and a type that differs from the profile is reported. Idempotent: a second run
-//! changes nothing. It never touches the remote.
+//! with the catalog: missing enum types (defined as on the remote, read from its catalog),
+//! sequences, tables and columns are created, the readings queue's key and index completed or
+//! rebuilt, nothing else is ever dropped or altered, and a type that differs from the profile
+//! is reported. Idempotent: a second run changes nothing. It never writes to the remote.
 
 use std::collections::HashMap;
 
 use tokio_postgres::GenericClient;
 
-use crate::config::Side;
+use crate::config::{DbConfig, PoolConfig, Side};
 use crate::data::pg::PgError;
 use crate::data::sql;
-use crate::profile::{ColumnSpec, Profile, SqlType, TableName};
+use crate::profile::{ColumnSpec, DefaultValue, Profile, ReadingsSpec, SqlType, TableName};
 
 /// One of the service's own migrations: applied once, in order, recorded with a checksum.
 struct Migration {
@@ -54,6 +55,13 @@ where sync_type = 'download' and entity in ('meter', 'meters');",
 pub enum SchemaError {
     #[error(transparent)]
     Database(#[from] PgError),
+    #[error("type {name} (column {column}) does not exist locally{remote}")]
+    MissingType {
+        name: String,
+        column: String,
+        /// What the remote said about it.
+        remote: String,
+    },
     #[error("migration {version} ({name}) was changed after it was applied (checksum {found}, now {expected}); restore it or migrate a fresh database")]
     Tampered {
         version: i32,
@@ -72,39 +80,63 @@ pub struct MigrateReport {
     pub warnings: Vec<String>,
 }
 
-/// Brings the local schema up to date for `profile`, in one transaction.
+/// Where `migrate` reads the definition of a type the local database lacks: the remote.
+#[derive(Debug, Clone, Copy)]
+pub struct TypeSource<'a> {
+    pub remote: &'a DbConfig,
+    pub pool: &'a PoolConfig,
+}
+
+/// Brings the local schema up to date for `profile`, in one transaction, without a remote: a
+/// type the local database lacks is an error.
 pub async fn migrate(
     client: &mut tokio_postgres::Client,
     profile: &Profile,
+) -> Result<MigrateReport, SchemaError> {
+    migrate_with(client, profile, None).await
+}
+
+/// [`migrate`], creating a missing local enum type as the remote defines it (`types`; the
+/// remote is only connected to when a type is missing, and only read).
+pub async fn migrate_with(
+    client: &mut tokio_postgres::Client,
+    profile: &Profile,
+    types: Option<TypeSource<'_>>,
 ) -> Result<MigrateReport, SchemaError> {
     let q = |context: &'static str| move |e| PgError::query(Side::Local, context, e);
     let tx = client.transaction().await.map_err(q("begin migrate"))?;
     crate::data::runlock::lock_migrations(&tx).await?;
     let mut report = MigrateReport::default();
     apply_migrations(&tx, &mut report).await?;
+    let mut columns: Vec<&ColumnSpec> = profile.entities.iter().flat_map(|e| &e.columns).collect();
+    columns.extend(profile.readings.iter().flat_map(|r| &r.columns));
+    create_missing_types(&tx, &columns, types, &mut report).await?;
+    create_missing_sequences(&tx, &columns, &mut report).await?;
     for entity in &profile.entities {
         let create = sql::create_entity_table(entity);
         let columns = sql::entity_local_columns(entity);
         reconcile_table(&tx, &entity.table, &columns, &create, &mut report).await?;
     }
     if let Some(readings) = &profile.readings {
-        let mut columns = readings.columns.clone();
+        let mut columns = Vec::new();
+        if !readings.id_is_uploaded() {
+            columns.push(sql::readings_id_column(readings));
+        }
+        columns.extend(readings.columns.iter().cloned());
         columns.extend(sql::readings_local_columns());
         let create = sql::create_readings_table(readings);
-        reconcile_table(&tx, &readings.table, &columns, &create, &mut report).await?;
-        let name = sql::readings_queue_index_name(readings);
-        let schema = readings.table.schema.as_ref().map(|s| s.as_str());
-        let exists: bool = tx
-            .query_one(sql::SELECT_INDEX_EXISTS, &[&schema, &name])
-            .await
-            .map_err(q("look up the readings queue index"))?
-            .get(0);
-        if !exists {
-            tx.batch_execute(&sql::create_readings_queue_index(readings))
+        let added = reconcile_table(&tx, &readings.table, &columns, &create, &mut report).await?;
+        if added.contains(&readings.id_column) {
+            // A key added to a table that already existed: index it like a primary key.
+            tx.batch_execute(&sql::create_readings_id_index(readings))
                 .await
-                .map_err(q("create the readings queue index"))?;
-            report.changes.push(format!("created index \"{name}\""));
+                .map_err(q("index the readings id"))?;
+            report.changes.push(format!(
+                "created unique index \"{}\"",
+                sql::readings_id_index_name(readings)
+            ));
         }
+        reconcile_queue_index(&tx, readings, &mut report).await?;
     }
     tx.commit().await.map_err(q("commit migrate"))?;
     for change in &report.changes {
@@ -189,21 +221,184 @@ async fn apply_migrations(
     Ok(())
 }
 
-/// Creates the table, or adds the columns it lacks, or reports type differences.
+/// The queue index (`is_synchronized`, then `order_by`): created when missing, rebuilt when its
+/// columns are not the profile's (the profile's `order_by` changed, or another system made it).
+async fn reconcile_queue_index(
+    tx: &tokio_postgres::Transaction<'_>,
+    readings: &ReadingsSpec,
+    report: &mut MigrateReport,
+) -> Result<(), SchemaError> {
+    let q = |context: &'static str| move |e| PgError::query(Side::Local, context, e);
+    let name = sql::readings_queue_index_name(readings);
+    let schema = readings.table.schema.as_ref().map(|s| s.as_str());
+    let found: Option<Option<Vec<String>>> = tx
+        .query_opt(sql::SELECT_INDEX_COLUMNS, &[&schema, &name])
+        .await
+        .map_err(q("look up the readings queue index"))?
+        .map(|row| row.get(0));
+    let wanted = sql::readings_queue_index_columns(readings);
+    let wanted: Vec<String> = wanted.iter().map(|c| c.to_string()).collect();
+    match found {
+        Some(Some(columns)) if columns == wanted => return Ok(()),
+        Some(columns) => {
+            tx.batch_execute(&sql::drop_index(readings.table.schema.as_ref(), &name))
+                .await
+                .map_err(q("drop the stale readings queue index"))?;
+            tx.batch_execute(&sql::create_readings_queue_index(readings))
+                .await
+                .map_err(q("create the readings queue index"))?;
+            report.changes.push(format!(
+                "rebuilt index \"{name}\" on ({}) (it was on ({}))",
+                wanted.join(", "),
+                columns
+                    .map(|c| c.join(", "))
+                    .unwrap_or_else(|| "expressions or a predicate".into())
+            ));
+        }
+        None => {
+            tx.batch_execute(&sql::create_readings_queue_index(readings))
+                .await
+                .map_err(q("create the readings queue index"))?;
+            report.changes.push(format!("created index \"{name}\""));
+        }
+    }
+    Ok(())
+}
+
+/// The base type name of a column (`meter_kind` of `meter_kind[]`).
+fn base_type(column: &ColumnSpec) -> &str {
+    column.sql_type.as_str().trim_end_matches("[]")
+}
+
+/// Creates each enum type the profile's columns name that the local database lacks, with the
+/// labels the remote's type has, read from the remote catalog in a read-only transaction.
+async fn create_missing_types(
+    tx: &tokio_postgres::Transaction<'_>,
+    columns: &[&ColumnSpec],
+    source: Option<TypeSource<'_>>,
+    report: &mut MigrateReport,
+) -> Result<(), SchemaError> {
+    let mut missing: Vec<&ColumnSpec> = Vec::new();
+    for column in columns {
+        if missing.iter().any(|m| base_type(m) == base_type(column)) {
+            continue;
+        }
+        let known: bool = tx
+            .query_one("select to_regtype($1) is not null", &[&base_type(column)])
+            .await
+            .map_err(|e| PgError::query(Side::Local, "look up a column type", e))?
+            .get(0);
+        if !known {
+            missing.push(column);
+        }
+    }
+    let Some(first) = missing.first() else {
+        return Ok(());
+    };
+    let Some(source) = source else {
+        return Err(SchemaError::MissingType {
+            name: base_type(first).to_string(),
+            column: first.name.to_string(),
+            remote: " (and no remote database was given to read its definition from)".into(),
+        });
+    };
+    let remote = crate::data::pg::connect(source.remote, source.pool).await?;
+    let r = |context: &'static str| move |e| PgError::query(Side::Remote, context, e);
+    remote
+        .batch_execute("begin transaction read only")
+        .await
+        .map_err(r("begin reading types"))?;
+    for column in missing {
+        let name = base_type(column);
+        let row = remote
+            .query_opt(sql::SELECT_TYPE_DEFINITION, &[&name])
+            .await
+            .map_err(r("read a type definition"))?;
+        let missing = |remote: String| SchemaError::MissingType {
+            name: name.to_string(),
+            column: column.name.to_string(),
+            remote,
+        };
+        match row {
+            None => {
+                return Err(missing(
+                    " and the remote has no type of that name either".into(),
+                ))
+            }
+            Some(row) => {
+                let (kind, labels): (String, Vec<String>) = (row.get(0), row.get(1));
+                if kind != "e" {
+                    return Err(missing(format!(
+                        "; the remote's {name} is a {} type, which migrate does not copy: create it locally by hand",
+                        match kind.as_str() {
+                            "d" => "domain",
+                            "c" => "composite",
+                            "r" => "range",
+                            "m" => "multirange",
+                            _ => "base",
+                        }
+                    )));
+                }
+                tx.batch_execute(&sql::create_enum(name, &labels))
+                    .await
+                    .map_err(|e| PgError::query(Side::Local, format!("create type {name}"), e))?;
+                report.changes.push(format!(
+                    "created type \"{name}\" as enum ({}) as the remote defines it",
+                    labels.join(", ")
+                ));
+            }
+        }
+    }
+    let _ = remote.batch_execute("rollback").await;
+    Ok(())
+}
+
+/// Creates the sequences that `nextval` defaults name and the local database lacks.
+async fn create_missing_sequences(
+    tx: &tokio_postgres::Transaction<'_>,
+    columns: &[&ColumnSpec],
+    report: &mut MigrateReport,
+) -> Result<(), SchemaError> {
+    for column in columns {
+        let Some(DefaultValue::NextVal(sequence)) = &column.default else {
+            continue;
+        };
+        let exists: bool = tx
+            .query_one("select to_regclass($1) is not null", &[&sequence.quoted()])
+            .await
+            .map_err(|e| PgError::query(Side::Local, "look up a sequence", e))?
+            .get(0);
+        if !exists {
+            tx.batch_execute(&format!("create sequence {}", sequence.quoted()))
+                .await
+                .map_err(|e| {
+                    PgError::query(Side::Local, format!("create sequence {sequence}"), e)
+                })?;
+            report
+                .changes
+                .push(format!("created sequence \"{sequence}\""));
+        }
+    }
+    Ok(())
+}
+
+/// Creates the table, or adds the columns it lacks (returning their names), or reports type
+/// differences.
 async fn reconcile_table(
     tx: &tokio_postgres::Transaction<'_>,
     table: &TableName,
     columns: &[ColumnSpec],
     create: &str,
     report: &mut MigrateReport,
-) -> Result<(), SchemaError> {
+) -> Result<Vec<crate::profile::Ident>, SchemaError> {
     let existing = table_columns(tx, table, Side::Local).await?;
+    let mut added = Vec::new();
     if existing.is_empty() {
         tx.batch_execute(create)
             .await
             .map_err(|e| PgError::query(Side::Local, format!("create table {table}"), e))?;
         report.changes.push(format!("created table \"{table}\""));
-        return Ok(());
+        return Ok(added);
     }
     let wanted: Vec<&SqlType> = columns.iter().map(|c| &c.sql_type).collect();
     let canonical = canonical_types(tx, &wanted, Side::Local).await?;
@@ -214,7 +409,10 @@ async fn reconcile_table(
                     .await
                     .map_err(|e| PgError::query(Side::Local, format!("add column {table}.{}", column.name), e))?;
                 report.changes.push(format!("added column \"{table}\".\"{}\"", column.name));
+                added.push(column.name.clone());
             }
+            // The readings key migrate would create; one that exists is accepted whatever its type.
+            Some(_) if column.sql_type.as_str() == sql::SERIAL_TYPE => {}
             Some(found) if found.sql_type != canonical => report.warnings.push(format!(
                 "column \"{table}\".\"{}\" has type {} but the profile says {} ({canonical}); left unchanged",
                 column.name, found.sql_type, column.sql_type
@@ -222,7 +420,7 @@ async fn reconcile_table(
             Some(_) => {}
         }
     }
-    Ok(())
+    Ok(added)
 }
 
 /// A column as the catalog describes it.

@@ -278,6 +278,12 @@ impl TenantId {
         &self.0
     }
 
+    /// A tenant id that stands for none in particular (`0`): for statements that are only
+    /// prepared, never run for a tenant (`meter-sync check`).
+    pub fn placeholder() -> Self {
+        Self("0".to_string())
+    }
+
     /// The id as an untyped SQL string literal (`'42'`), which PostgreSQL coerces to the type
     /// of the column it is compared with.
     pub fn literal(&self) -> String {

@@ -4,6 +4,7 @@
 //! dependency order. The `sql` module builds statements from these specs only.
 
 mod ident;
+mod problem;
 mod raw;
 mod validate;
 
@@ -21,6 +22,15 @@ pub const DEFAULT_PROFILE_TOML: &str = include_str!("../../profiles/default.toml
 /// The layout of spec document 004 (`meters` with varchar `meter_id`, varchar `tenant_id`).
 pub const DB_SYNC_PROCESS_PROFILE_TOML: &str = include_str!("../../profiles/db-sync-process.toml");
 
+/// The tenant-scoped variant of the spec 004 profile: its `meters` filtered by a central
+/// `meters.tenant_id` (the commented `tenant_column` line of the file, in effect).
+pub fn db_sync_process_tenant_scoped_toml() -> String {
+    DB_SYNC_PROCESS_PROFILE_TOML.replace(
+        "\n# tenant_column = \"tenant_id\"\n",
+        "\ntenant_column = \"tenant_id\"\n",
+    )
+}
+
 /// The local bookkeeping column of every entity table: the remote row version it was copied
 /// from (see the download engine).
 pub const VERSION_COLUMN: &str = "meter_sync_version";
@@ -32,13 +42,88 @@ pub const RESERVED_TABLES: &[&str] = &[
     "meter_sync_schema_migrations",
 ];
 
-/// A column's default value in the local table.
+/// A column's default value in the local table: a literal or one of a few known functions,
+/// never arbitrary SQL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DefaultValue {
     Bool(bool),
     Int(i64),
-    /// `now()`.
+    /// A numeric literal, as validated digits (`-12.5`, `0.000`, `1e3`).
+    Numeric(String),
+    /// A string literal (written as an escaped SQL string).
+    Text(String),
+    /// A function without arguments: `now()`, `current_timestamp`, `clock_timestamp()`,
+    /// `gen_random_uuid()`, ...
+    Function(DefaultFunction),
+    /// `nextval` of a named sequence (created by `migrate` when it is missing).
+    NextVal(TableName),
+}
+
+/// The functions a default may call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DefaultFunction {
     Now,
+    CurrentTimestamp,
+    CurrentDate,
+    ClockTimestamp,
+    StatementTimestamp,
+    TransactionTimestamp,
+    LocalTimestamp,
+    GenRandomUuid,
+}
+
+impl DefaultFunction {
+    /// Every function with its SQL text, as a profile writes it.
+    pub const ALL: [(DefaultFunction, &'static str); 8] = [
+        (DefaultFunction::Now, "now()"),
+        (DefaultFunction::CurrentTimestamp, "current_timestamp"),
+        (DefaultFunction::CurrentDate, "current_date"),
+        (DefaultFunction::ClockTimestamp, "clock_timestamp()"),
+        (DefaultFunction::StatementTimestamp, "statement_timestamp()"),
+        (
+            DefaultFunction::TransactionTimestamp,
+            "transaction_timestamp()",
+        ),
+        (DefaultFunction::LocalTimestamp, "localtimestamp"),
+        (DefaultFunction::GenRandomUuid, "gen_random_uuid()"),
+    ];
+
+    /// The SQL text.
+    pub fn sql(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(f, _)| *f == self)
+            .map(|(_, text)| *text)
+            .unwrap_or("now()")
+    }
+}
+
+impl DefaultValue {
+    /// The default as SQL text (literals escaped, functions from the fixed list).
+    pub fn sql(&self) -> String {
+        match self {
+            DefaultValue::Bool(b) => b.to_string(),
+            DefaultValue::Int(i) => i.to_string(),
+            DefaultValue::Numeric(n) => n.clone(),
+            DefaultValue::Text(t) => {
+                format!("E'{}'", t.replace('\\', "\\\\").replace('\'', "''"))
+            }
+            DefaultValue::Function(f) => f.sql().to_string(),
+            DefaultValue::NextVal(sequence) => format!("nextval('{sequence}'::regclass)"),
+        }
+    }
+}
+
+/// How strictly a column's values must fit the other side's type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Convert {
+    /// Only pairs where no value can change or be refused (the default).
+    #[default]
+    Exact,
+    /// Also narrowing pairs that PostgreSQL can only refuse per value, never alter (`int8` ->
+    /// `int4`, `text` -> `varchar(n)`): a value that does not fit fails its entity (download)
+    /// or quarantines its reading (upload), naming key and column.
+    Checked,
 }
 
 /// A synced column.
@@ -51,6 +136,29 @@ pub struct ColumnSpec {
     /// The zone of the naive side when this column is a `timestamp` on one side and a
     /// `timestamptz` on the other (`time_zone`); values are converted through it.
     pub time_zone: Option<TimeZone>,
+    /// The column's name on the remote when it differs (`remote_name`).
+    pub remote_name: Option<Ident>,
+    pub convert: Convert,
+}
+
+impl ColumnSpec {
+    /// A column with the given name and type and nothing else set.
+    pub fn new(name: Ident, sql_type: SqlType) -> Self {
+        Self {
+            name,
+            sql_type,
+            nullable: true,
+            default: None,
+            time_zone: None,
+            remote_name: None,
+            convert: Convert::Exact,
+        }
+    }
+
+    /// The column's name on the remote.
+    pub fn remote(&self) -> &Ident {
+        self.remote_name.as_ref().unwrap_or(&self.name)
+    }
 }
 
 /// A remote `SELECT` given by the profile. `$tenant_id` in it stands for the site's tenant.
@@ -176,6 +284,14 @@ impl EntitySpec {
         self.columns.iter().find(|c| c.name.as_str() == name)
     }
 
+    /// The remote names of the key columns.
+    pub fn remote_key(&self) -> Vec<&Ident> {
+        self.key
+            .iter()
+            .map(|k| self.column(k.as_str()).map(ColumnSpec::remote).unwrap_or(k))
+            .collect()
+    }
+
     /// Columns that are not part of the key.
     pub fn value_columns(&self) -> impl Iterator<Item = &ColumnSpec> {
         self.columns.iter().filter(|c| !self.key.contains(&c.name))
@@ -195,7 +311,9 @@ pub enum AfterUpload {
 pub struct ReadingsSpec {
     pub table: TableName,
     pub remote_table: TableName,
-    /// The local surrogate key (`bigserial`), never uploaded.
+    /// The local key of a reading, of any type with equality (`bigserial` when `migrate`
+    /// creates it). Uploaded only when it is also one of `columns` (a uuid minted at the site,
+    /// say, then usually the dedupe key).
     pub id_column: Ident,
     /// The uploaded columns.
     pub columns: Vec<ColumnSpec>,
@@ -210,6 +328,23 @@ pub struct ReadingsSpec {
 }
 
 impl ReadingsSpec {
+    /// The column of `columns` with this name.
+    pub fn column(&self, name: &Ident) -> Option<&ColumnSpec> {
+        self.columns.iter().find(|c| &c.name == name)
+    }
+
+    /// Whether the local key is uploaded (listed in `columns`).
+    pub fn id_is_uploaded(&self) -> bool {
+        self.column(&self.id_column).is_some()
+    }
+
+    /// The remote names of the given columns (of `columns`).
+    pub fn remote_names<'a>(&'a self, names: &'a [Ident]) -> impl Iterator<Item = &'a Ident> {
+        names
+            .iter()
+            .map(|n| self.column(n).map(ColumnSpec::remote).unwrap_or(n))
+    }
+
     /// Local bookkeeping columns the service adds to the readings table.
     pub const LOCAL_COLUMNS: &'static [&'static str] = &[
         "is_synchronized",

@@ -41,6 +41,11 @@ pub struct RawColumn {
     pub nullable: bool,
     pub default: Option<toml::Value>,
     pub time_zone: Option<String>,
+    /// The column's name on the remote, when it differs.
+    pub remote_name: Option<String>,
+    /// `"exact"` (default) or `"checked"`: a narrowing pair whose values are refused one by one
+    /// when they do not fit, never altered.
+    pub convert: Option<String>,
 }
 
 fn yes() -> bool {

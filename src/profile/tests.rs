@@ -92,6 +92,18 @@ fn db_sync_process_profile_loads() {
         "varchar(255)"
     );
     assert_eq!(meters.on_missing, OnMissing::Keep);
+    // As 004 writes it: every meter; the documented variant filters by the central's tenant.
+    assert!(!meters.is_tenant_scoped());
+    let scoped = Profile::parse(&super::db_sync_process_tenant_scoped_toml(), "004").unwrap();
+    assert_eq!(
+        scoped
+            .entity("meters")
+            .unwrap()
+            .tenant_column
+            .as_ref()
+            .map(|c| c.as_str()),
+        Some("tenant_id")
+    );
 }
 
 #[test]
@@ -143,8 +155,111 @@ fn bad_types_and_defaults_are_rejected() {
         "is not a column type",
     );
     assert_rejected(
-        &REGISTER.replace("type = \"text\"", "type = \"text\", default = \"'x'\""),
-        "default \"'x'\" is not supported",
+        &REGISTER.replace("type = \"text\"", "type = \"text\", default = \"random()\""),
+        "default \"random()\" is not supported: use true, false, a number, a string, one of now()",
+    );
+    assert_rejected(
+        &REGISTER.replace(
+            "type = \"text\"",
+            "type = \"text\", default = \"nextval(meter_seq)\"",
+        ),
+        "nextval takes a quoted sequence name",
+    );
+}
+
+#[test]
+fn defaults_are_literals_or_known_functions_rendered_safely() {
+    let text = r#"
+[readings]
+table = "r"
+dedupe_key = ["id"]
+order_by = ["id"]
+columns = [
+    { name = "id", type = "uuid", nullable = false, default = "gen_random_uuid()" },
+    { name = "n", type = "bigint", default = "nextval('public.r_n_seq')" },
+    { name = "at", type = "timestamptz", default = "CURRENT_TIMESTAMP" },
+    { name = "seen", type = "timestamptz", default = "clock_timestamp()" },
+    { name = "note", type = "text", default = "it's \\ (none)" },
+    { name = "factor", type = "numeric", default = 1.5 },
+    { name = "ok", type = "boolean", default = false },
+    { name = "count", type = "integer", default = -3 },
+]
+"#;
+    let profile = Profile::parse(text, "t").unwrap();
+    let readings = profile.readings.unwrap();
+    let sql: Vec<String> = readings
+        .columns
+        .iter()
+        .map(|c| c.default.as_ref().unwrap().sql())
+        .collect();
+    assert_eq!(
+        sql,
+        [
+            "gen_random_uuid()",
+            "nextval('public.r_n_seq'::regclass)",
+            "current_timestamp",
+            "clock_timestamp()",
+            "E'it''s \\\\ (none)'",
+            "1.5",
+            "false",
+            "-3"
+        ]
+    );
+    // The uploaded uuid key is the natural dedupe key.
+    assert!(readings.id_is_uploaded());
+}
+
+#[test]
+fn one_mistake_gives_one_message() {
+    // A column refused for its default is still a column: the dedupe key naming it does not
+    // add a second, misleading problem.
+    let text = r#"
+[readings]
+table = "r"
+dedupe_key = ["meter_element_id"]
+order_by = ["id"]
+columns = [
+    { name = "meter_element_id", type = "bigint", default = "uuid_generate_v4()" },
+]
+"#;
+    let found = problems(text);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(
+        found[0].contains("default \"uuid_generate_v4()\" is not supported"),
+        "{found:#?}"
+    );
+}
+
+#[test]
+fn nullable_dedupe_columns_renamed_columns_and_checked_conversion_are_accepted() {
+    let text = r#"
+[[entity]]
+name = "register"
+key = "id"
+columns = [
+    { name = "id", type = "integer", nullable = false, convert = "checked" },
+    { name = "name", type = "text", remote_name = "label" },
+]
+
+[readings]
+table = "r"
+dedupe_key = ["meter_id", "meter_element_id"]
+columns = [
+    { name = "meter_id", type = "bigint", nullable = false },
+    { name = "meter_element_id", type = "bigint" },
+    { name = "timestamp", type = "timestamp", remote_name = "read_at" },
+]
+"#;
+    let profile = Profile::parse(text, "t").unwrap();
+    let register = profile.entity("register").unwrap();
+    assert_eq!(register.column("id").unwrap().convert, Convert::Checked);
+    assert_eq!(register.column("name").unwrap().remote().as_str(), "label");
+    let readings = profile.readings.unwrap();
+    assert_eq!(readings.columns[2].remote().as_str(), "read_at");
+    assert!(!readings.id_is_uploaded());
+    assert_rejected(
+        &text.replace("convert = \"checked\"", "convert = \"loose\""),
+        "convert `loose` is not exact or checked",
     );
 }
 

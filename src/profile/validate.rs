@@ -2,90 +2,64 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+pub use super::problem::Problem;
 use super::raw::{RawColumn, RawEntity, RawProfile, RawReadings, RawReference};
 use super::{
-    AfterUpload, ColumnSpec, DefaultValue, EntitySpec, Ident, IdentError, OnMissing, Profile,
-    ReadingsSpec, Reference, RemoteQuery, RemoteSource, SqlType, TableName, TimeZone,
+    AfterUpload, ColumnSpec, Convert, DefaultFunction, DefaultValue, EntitySpec, Ident, OnMissing,
+    Profile, ReadingsSpec, Reference, RemoteQuery, RemoteSource, SqlType, TableName, TimeZone,
     RESERVED_TABLES,
 };
-
-/// One mistake in a profile, naming where it is.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Problem {
-    #[error("{at}: `{value}` is not a plain SQL identifier: {reason}")]
-    BadIdent {
-        at: String,
-        value: String,
-        reason: IdentError,
-    },
-    #[error("{at}: `{value}` is not a column type (expected e.g. bigint, text, varchar(255), numeric(12, 3), timestamptz)")]
-    BadType { at: String, value: String },
-    #[error("{at}: default {value} is not supported (use true, false, an integer or \"now()\")")]
-    BadDefault { at: String, value: String },
-    #[error("{at}: has no columns")]
-    NoColumns { at: String },
-    #[error("{at}: time_zone {reason}")]
-    BadTimeZone { at: String, reason: String },
-    #[error("{at}: time_zone applies to timestamp and timestamptz columns only, not {sql_type}")]
-    TimeZoneType { at: String, sql_type: String },
-    #[error("{at}: column `{column}` is listed twice")]
-    DuplicateColumn { at: String, column: String },
-    #[error("{at}: key is empty")]
-    EmptyKey { at: String },
-    #[error("{at}: {what} column `{column}` is not in columns")]
-    NotAColumn {
-        at: String,
-        what: &'static str,
-        column: String,
-    },
-    #[error("entity `{entity}`: give exactly one of remote_table and remote_query")]
-    RemoteSource { entity: String },
-    #[error("entity `{entity}`: remote_query must be a single SELECT (or WITH ... SELECT) statement without `;`")]
-    BadQuery { entity: String },
-    #[error("entity `{entity}`: remote_query of a tenant-scoped entity (tenant_column is set) must contain $tenant_id")]
-    QueryWithoutTenant { entity: String },
-    #[error("entity `{entity}`: on_missing `{value}` is not delete, deactivate or keep")]
-    BadOnMissing { entity: String, value: String },
-    #[error("entity `{entity}`: on_missing = \"deactivate\" needs a boolean column `{column}` (set active_column)")]
-    DeactivateColumn { entity: String, column: String },
-    #[error("entity name `{name}` is used twice")]
-    DuplicateEntity { name: String },
-    #[error("table `{table}` is used by two entities")]
-    DuplicateTable { table: String },
-    #[error("{at}: table name `{table}` is reserved for the service's own tables")]
-    ReservedTable { at: String, table: String },
-    #[error("entity `{entity}`: depends on unknown entity `{dependency}`")]
-    UnknownEntity { entity: String, dependency: String },
-    #[error("entity `{entity}`: reference to `{target}` has {left} column(s) but {right} entity_column(s)")]
-    ReferenceArity {
-        entity: String,
-        target: String,
-        left: usize,
-        right: usize,
-    },
-    #[error("entity `{entity}`: entity_columns `{column}` is not a column of entity `{target}`")]
-    ReferenceColumn {
-        entity: String,
-        target: String,
-        column: String,
-    },
-    #[error("dependency cycle: {path}")]
-    Cycle { path: String },
-    #[error("readings: dedupe_key column `{column}` must be `nullable = false` (NULL never equals NULL, so such readings could be sent twice)")]
-    NullableDedupeKey { column: String },
-    #[error("readings: after_upload `{value}` is not delete or mark")]
-    BadAfterUpload { value: String },
-    #[error("entity `{entity}`: column `{column}` is reserved for the service's bookkeeping")]
-    ReservedEntityColumn { entity: String, column: String },
-    #[error("readings: column `{column}` is reserved for the service's bookkeeping")]
-    ReservedColumn { column: String },
-    #[error("the profile describes no entity and no readings table")]
-    Empty,
-}
 
 /// Collects problems while building specs.
 struct Checker {
     problems: Vec<Problem>,
+    /// Columns that were named but refused (a bad type or default), by scope (`entity `x``,
+    /// `readings`): other fields may name them without a second, misleading problem.
+    broken: Vec<(String, Ident)>,
+}
+
+/// The SQL of a default, or why it is refused: literals (booleans, numbers, strings) and a
+/// fixed list of functions, never arbitrary SQL.
+fn parse_default(value: &toml::Value) -> Result<DefaultValue, String> {
+    const HELP: &str = "use true, false, a number, a string, one of now(), current_timestamp, current_date, localtimestamp, clock_timestamp(), statement_timestamp(), transaction_timestamp(), gen_random_uuid(), or nextval('sequence')";
+    match value {
+        toml::Value::Boolean(b) => Ok(DefaultValue::Bool(*b)),
+        toml::Value::Integer(i) => Ok(DefaultValue::Int(*i)),
+        toml::Value::Float(f) if f.is_finite() => Ok(DefaultValue::Numeric(format!("{f:?}"))),
+        toml::Value::String(text) => {
+            let lower = text.trim().to_ascii_lowercase();
+            if let Some((f, _)) = DefaultFunction::ALL.iter().find(|(_, sql)| *sql == lower) {
+                return Ok(DefaultValue::Function(*f));
+            }
+            if let Some(argument) = lower
+                .strip_prefix("nextval(")
+                .and_then(|rest| rest.strip_suffix(')'))
+            {
+                let name = argument
+                    .trim()
+                    .strip_prefix('\'')
+                    .and_then(|a| a.strip_suffix('\''))
+                    .ok_or_else(|| {
+                        "nextval takes a quoted sequence name: nextval('meter_id_seq')".to_string()
+                    })?;
+                return TableName::parse(name)
+                    .map(DefaultValue::NextVal)
+                    .map_err(|e| format!("sequence name `{name}`: {e}"));
+            }
+            let call = lower
+                .split_once('(')
+                .is_some_and(|(head, _)| Ident::parse(head.trim()).is_ok());
+            let keyword = matches!(
+                lower.as_str(),
+                "current_time" | "current_user" | "session_user" | "user" | "localtime" | "null"
+            );
+            if call || keyword {
+                return Err(HELP.to_string());
+            }
+            Ok(DefaultValue::Text(text.clone()))
+        }
+        _ => Err(HELP.to_string()),
+    }
 }
 
 impl Checker {
@@ -142,15 +116,31 @@ impl Checker {
                     value: col.sql_type.clone(),
                 });
             }
-            let default = match &col.default {
+            let default = match col.default.as_ref().map(parse_default) {
                 None => Some(None),
-                Some(toml::Value::Boolean(b)) => Some(Some(DefaultValue::Bool(*b))),
-                Some(toml::Value::Integer(i)) => Some(Some(DefaultValue::Int(*i))),
-                Some(toml::Value::String(s)) if s.eq_ignore_ascii_case("now()") => {
-                    Some(Some(DefaultValue::Now))
-                }
-                Some(other) => {
+                Some(Ok(default)) => Some(Some(default)),
+                Some(Err(reason)) => {
                     self.problems.push(Problem::BadDefault {
+                        at: col_at.clone(),
+                        value: col
+                            .default
+                            .as_ref()
+                            .map(ToString::to_string)
+                            .unwrap_or_default(),
+                        reason,
+                    });
+                    None
+                }
+            };
+            let remote_name = match &col.remote_name {
+                None => Some(None),
+                Some(r) => self.ident(format!("{col_at} remote_name"), r).map(Some),
+            };
+            let convert = match col.convert.as_deref() {
+                None | Some("exact") => Some(Convert::Exact),
+                Some("checked") => Some(Convert::Checked),
+                Some(other) => {
+                    self.problems.push(Problem::BadConvert {
                         at: col_at.clone(),
                         value: other.to_string(),
                     });
@@ -187,16 +177,25 @@ impl Checker {
                     });
                 }
             }
-            if let (Some(name), Some(sql_type), Some(default), Some(time_zone)) =
-                (name, sql_type, default, time_zone)
-            {
-                out.push(ColumnSpec {
+            match (name, sql_type, default, time_zone, remote_name, convert) {
+                (
+                    Some(name),
+                    Some(sql_type),
+                    Some(default),
+                    Some(time_zone),
+                    Some(remote_name),
+                    Some(convert),
+                ) => out.push(ColumnSpec {
                     name,
                     sql_type,
                     nullable: col.nullable,
                     default,
                     time_zone,
-                });
+                    remote_name,
+                    convert,
+                }),
+                (Some(name), ..) => self.broken.push((at.to_string(), name)),
+                _ => {}
             }
         }
         out
@@ -205,7 +204,11 @@ impl Checker {
     /// Checks that each named column is among `columns`.
     fn subset(&mut self, at: &str, what: &'static str, names: &[Ident], columns: &[ColumnSpec]) {
         for name in names {
-            if !columns.iter().any(|c| &c.name == name) {
+            let broken = self
+                .broken
+                .iter()
+                .any(|(scope, n)| n == name && at.starts_with(scope.as_str()));
+            if !broken && !columns.iter().any(|c| &c.name == name) {
                 self.problems.push(Problem::NotAColumn {
                     at: at.to_string(),
                     what,
@@ -385,9 +388,7 @@ impl Checker {
         let columns = self.columns(at, &raw.columns);
         for column in &columns {
             let name = column.name.as_str();
-            if super::ReadingsSpec::LOCAL_COLUMNS.contains(&name)
-                || Some(&column.name) == id_column.as_ref()
-            {
+            if super::ReadingsSpec::LOCAL_COLUMNS.contains(&name) {
                 self.problems.push(Problem::ReservedColumn {
                     column: name.to_string(),
                 });
@@ -404,10 +405,16 @@ impl Checker {
             .cloned()
             .collect();
         self.subset(at, "order_by", &orderable, &columns);
-        let dedupe = raw
-            .dedupe_key
-            .map(|d| d.into_vec())
-            .unwrap_or_else(|| vec!["meter_id".into(), "timestamp".into(), "unit".into()]);
+        // An uploaded local key (a uuid minted at the site) identifies a reading everywhere: the
+        // natural dedupe key. Otherwise spec 004's (meter, time, unit).
+        let id_uploaded = id_column
+            .as_ref()
+            .is_some_and(|id| columns.iter().any(|c| &c.name == id));
+        let dedupe = match raw.dedupe_key {
+            Some(d) => d.into_vec(),
+            None if id_uploaded => vec![raw.id_column.clone().unwrap_or_else(|| "id".into())],
+            None => vec!["meter_id".into(), "timestamp".into(), "unit".into()],
+        };
         let dedupe_key = self.idents("readings dedupe_key", &dedupe);
         if dedupe_key.is_empty() {
             self.problems.push(Problem::EmptyKey {
@@ -415,13 +422,6 @@ impl Checker {
             });
         }
         self.subset(at, "dedupe_key", &dedupe_key, &columns);
-        for key in &dedupe_key {
-            if columns.iter().any(|c| &c.name == key && c.nullable) {
-                self.problems.push(Problem::NullableDedupeKey {
-                    column: key.to_string(),
-                });
-            }
-        }
         let tenant_column = raw
             .tenant_column
             .as_deref()
@@ -456,6 +456,7 @@ impl Checker {
 pub fn validate(raw: RawProfile, origin: &str) -> Result<Profile, Vec<Problem>> {
     let mut c = Checker {
         problems: Vec::new(),
+        broken: Vec::new(),
     };
     if raw.entities.is_empty() && raw.readings.is_none() {
         return Err(vec![Problem::Empty]);

@@ -96,7 +96,11 @@ async fn prepare_local(config: &Config, profile: &Profile) -> Result<(), String>
                 chain(&e)
             )
         })?;
-    let report = crate::data::schema::migrate(&mut client, profile)
+    let types = crate::data::schema::TypeSource {
+        remote: &config.remote,
+        pool: &config.pool,
+    };
+    let report = crate::data::schema::migrate_with(&mut client, profile, Some(types))
         .await
         .map_err(|e| format!("cannot prepare the local schema: {}", chain(&e)))?;
     for change in &report.changes {

@@ -30,13 +30,18 @@ pub fn convert(expression: String, conversion: &Conversion) -> String {
         Conversion::None => expression,
         Conversion::Cast(target) => format!("({expression})::{}", quote_ident(target)),
         Conversion::AtTimeZone(zone) => format!("({expression} at time zone {})", zone.literal()),
+        Conversion::Checked {
+            cast: Some(target), ..
+        } => format!("({expression})::{}", quote_ident(target)),
+        Conversion::Checked { cast: None, .. } => expression,
     }
 }
 
-/// The columns, each read through its conversion (`conversions` in column order; missing ones
-/// pass as they are) and named as the column: the select list the target's types expect.
+/// The remote columns (by their remote names), each read through its conversion
+/// (`conversions` in column order; missing ones pass as they are) and named as the local
+/// column: the select list the local types expect.
 pub fn converted_columns(columns: &[ColumnSpec], conversions: &[Conversion]) -> String {
-    read_columns(columns, conversions, |c| c.name.quoted())
+    read_columns(columns, conversions, |c| c.remote().quoted())
 }
 
 /// The select list of `columns`: each column's `value` (its name, or an expression of it) read
@@ -70,11 +75,7 @@ pub fn column_definition(column: &ColumnSpec) -> String {
     }
     if let Some(default) = &column.default {
         text.push_str(" default ");
-        text.push_str(&match default {
-            DefaultValue::Bool(b) => b.to_string(),
-            DefaultValue::Int(i) => i.to_string(),
-            DefaultValue::Now => "now()".to_string(),
-        });
+        text.push_str(&default.sql());
     }
     text
 }
@@ -98,13 +99,10 @@ pub fn create_entity_table(entity: &EntitySpec) -> String {
 /// First, because the diff reads it for every row: PostgreSQL decodes a row's columns in order
 /// up to the last one a query needs, so a version at the end would cost decoding every column.
 pub fn entity_local_columns(entity: &EntitySpec) -> Vec<ColumnSpec> {
-    let mut columns = vec![ColumnSpec {
-        name: Ident::constant(VERSION_COLUMN),
-        sql_type: SqlType::constant("bigint"),
-        nullable: true,
-        default: None,
-        time_zone: None,
-    }];
+    let mut columns = vec![ColumnSpec::new(
+        Ident::constant(VERSION_COLUMN),
+        SqlType::constant("bigint"),
+    )];
     columns.extend(entity.columns.iter().cloned());
     columns
 }
@@ -115,11 +113,9 @@ pub fn readings_local_columns() -> Vec<ColumnSpec> {
                ty: &'static str,
                nullable: bool,
                default: Option<DefaultValue>| ColumnSpec {
-        name: Ident::constant(name),
-        sql_type: SqlType::constant(ty),
         nullable,
         default,
-        time_zone: None,
+        ..ColumnSpec::new(Ident::constant(name), SqlType::constant(ty))
     };
     vec![
         col(
@@ -140,20 +136,96 @@ pub fn readings_local_columns() -> Vec<ColumnSpec> {
     ]
 }
 
-/// The local readings table: a `bigserial` id, the uploaded columns, the bookkeeping columns.
+/// The local readings table: a `bigserial` id (unless the id is an uploaded column), the
+/// uploaded columns, the bookkeeping columns.
 pub fn create_readings_table(readings: &ReadingsSpec) -> String {
-    let mut parts = vec![format!(
-        "{} bigserial primary key",
-        readings.id_column.quoted()
-    )];
+    let mut parts = Vec::new();
+    if !readings.id_is_uploaded() {
+        parts.push(format!(
+            "{} {SERIAL_TYPE} primary key",
+            readings.id_column.quoted()
+        ));
+    }
     parts.extend(readings.columns.iter().map(column_definition));
     parts.extend(readings_local_columns().iter().map(column_definition));
+    if readings.id_is_uploaded() {
+        parts.push(format!("primary key ({})", readings.id_column.quoted()));
+    }
     format!(
         "create table {} (\n    {}\n)",
         readings.table.quoted(),
         parts.join(",\n    ")
     )
 }
+
+/// The readings key `migrate` adds when the profile does not list it among the columns: a
+/// `bigserial`. (An existing key of any type is accepted as it is.)
+pub fn readings_id_column(readings: &ReadingsSpec) -> ColumnSpec {
+    ColumnSpec {
+        nullable: false,
+        ..ColumnSpec::new(readings.id_column.clone(), SqlType::constant(SERIAL_TYPE))
+    }
+}
+
+/// The type of the readings key `migrate` creates.
+pub const SERIAL_TYPE: &str = "bigserial";
+
+/// The unique index on a readings key added to an existing table.
+pub fn readings_id_index_name(readings: &ReadingsSpec) -> String {
+    truncate_ident(&format!(
+        "{}_{}_key",
+        readings.table.bare(),
+        readings.id_column
+    ))
+}
+
+/// `create unique index` on the readings key (added to a table that already existed).
+pub fn create_readings_id_index(readings: &ReadingsSpec) -> String {
+    format!(
+        "create unique index {} on {} ({})",
+        crate::profile::quote_ident(&readings_id_index_name(readings)),
+        readings.table.quoted(),
+        readings.id_column.quoted()
+    )
+}
+
+/// The columns of the queue index, in order.
+pub fn readings_queue_index_columns(readings: &ReadingsSpec) -> Vec<Ident> {
+    let mut columns = vec![Ident::constant("is_synchronized")];
+    columns.extend(readings.order_by.iter().cloned());
+    columns
+}
+
+/// `drop index`, in the table's schema.
+pub fn drop_index(schema: Option<&Ident>, name: &str) -> String {
+    match schema {
+        Some(schema) => format!(
+            "drop index {}.{}",
+            schema.quoted(),
+            crate::profile::quote_ident(name)
+        ),
+        None => format!("drop index {}", crate::profile::quote_ident(name)),
+    }
+}
+
+/// An enum type with the given labels (each an escaped string literal).
+pub fn create_enum(name: &str, labels: &[String]) -> String {
+    let labels: Vec<String> = labels
+        .iter()
+        .map(|l| crate::profile::DefaultValue::Text(l.clone()).sql())
+        .collect();
+    format!(
+        "create type {} as enum ({})",
+        crate::profile::quote_ident(name),
+        labels.join(", ")
+    )
+}
+
+/// A type's kind (`e` enum, `d` domain, `b` base, ...) and, for an enum, its labels in order:
+/// binds `$1`, the type's name; no row when there is none.
+pub const SELECT_TYPE_DEFINITION: &str = "select t.typtype::text,
+    array(select e.enumlabel::text from pg_enum e where e.enumtypid = t.oid order by e.enumsortorder)
+from pg_type t where t.oid = to_regtype($1)";
 
 /// The index the upload's claim query walks: `(is_synchronized, <order_by>)`.
 pub fn readings_queue_index_name(readings: &ReadingsSpec) -> String {
@@ -162,8 +234,7 @@ pub fn readings_queue_index_name(readings: &ReadingsSpec) -> String {
 
 /// `create index` for the upload queue.
 pub fn create_readings_queue_index(readings: &ReadingsSpec) -> String {
-    let mut columns = vec![Ident::constant("is_synchronized")];
-    columns.extend(readings.order_by.iter().cloned());
+    let columns = readings_queue_index_columns(readings);
     let name = readings_queue_index_name(readings);
     let on = match &readings.table.schema {
         Some(schema) => format!("{}.{}", schema.quoted(), readings.table.name.quoted()),
@@ -212,11 +283,14 @@ where c.relname = $2
   and a.attnum > 0 and not a.attisdropped
 order by a.attnum";
 
-/// Whether an index of this name exists in the table's schema: binds `$1` schema, `$2` name.
-pub const SELECT_INDEX_EXISTS: &str = "select exists (
-  select 1 from pg_class c join pg_namespace n on n.oid = c.relnamespace
-  where c.relkind = 'i' and c.relname = $2
-    and ($1::text is null and pg_table_is_visible(c.oid) or n.nspname = $1::text))";
+/// The columns of the index of this name in the table's schema, in order (NULL when it has
+/// expressions or a predicate); no row when there is none. Binds `$1` schema, `$2` name.
+pub const SELECT_INDEX_COLUMNS: &str = "select case when i.indexprs is null and i.indpred is null then
+    array(select a.attname::text from unnest(i.indkey::int2[]) with ordinality k(attnum, ord)
+          join pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum order by k.ord) end
+from pg_class c join pg_namespace n on n.oid = c.relnamespace join pg_index i on i.indexrelid = c.oid
+where c.relkind = 'i' and c.relname = $2
+  and ($1::text is null and pg_table_is_visible(c.oid) or n.nspname = $1::text)";
 
 /// PostgreSQL truncates identifiers to 63 bytes; do it ourselves so names are predictable.
 fn truncate_ident(name: &str) -> String {

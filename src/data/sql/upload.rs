@@ -10,8 +10,14 @@ use super::column_list;
 /// The condition of a reading waiting to be uploaded.
 const QUEUED: &str = "not is_synchronized and quarantined_at is null";
 
+/// The uploaded columns by their local names.
 fn uploaded(readings: &ReadingsSpec) -> String {
     column_list(readings.columns.iter().map(|c| &c.name))
+}
+
+/// The uploaded columns by their remote names (`remote_name`).
+fn uploaded_remote(readings: &ReadingsSpec) -> String {
+    column_list(readings.columns.iter().map(|c| c.remote()))
 }
 
 /// How the claims read the uploaded columns for the remote: each through the type rule's
@@ -42,17 +48,69 @@ impl Outgoing {
         })
     }
 
-    /// The condition of a reading the claims may take: queued, and of this site's tenant (or
-    /// none) when the readings carry one.
+    /// The checked columns (`convert = "checked"`) with the test their values must pass.
+    fn checks<'a>(
+        &'a self,
+        readings: &'a ReadingsSpec,
+    ) -> impl Iterator<Item = (&'a Ident, &'a crate::data::convert::Fit)> {
+        readings
+            .columns
+            .iter()
+            .zip(&self.conversions)
+            .filter_map(|(c, conversion)| conversion.fit().map(|fit| (&c.name, fit)))
+    }
+
+    /// The condition of a reading the claims may take: queued, of this site's tenant (or
+    /// none) when the readings carry one, and with every checked value fitting the remote.
     fn claimable(&self, readings: &ReadingsSpec) -> String {
-        match self.tenant(readings) {
+        let mut condition = match self.tenant(readings) {
             Some((column, tenant)) => format!(
                 "{QUEUED} and ({c} is null or {c} = {t})",
                 c = column.quoted(),
                 t = tenant.literal()
             ),
             None => QUEUED.to_string(),
+        };
+        for (name, fit) in self.checks(readings) {
+            condition.push_str(" and ");
+            condition.push_str(&fit.sql(&name.quoted()));
         }
+        condition
+    }
+
+    /// Quarantines queued readings with a value a checked column's remote type cannot hold
+    /// (they are never sent), with the reason, returning id and reason; `None` when no column
+    /// is checked.
+    pub fn quarantine_unfit(&self, readings: &ReadingsSpec) -> Option<String> {
+        let checks: Vec<_> = self.checks(readings).collect();
+        if checks.is_empty() {
+            return None;
+        }
+        let reason = checks
+            .iter()
+            .map(|(name, fit)| {
+                format!(
+                    "when not {} then '{name} = ' || {q}::text || ' does not fit the remote {} (convert = \"checked\")'",
+                    fit.sql(&name.quoted()),
+                    fit.target,
+                    q = name.quoted()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+        let any = checks
+            .iter()
+            .map(|(name, fit)| format!("not {}", fit.sql(&name.quoted())))
+            .collect::<Vec<_>>()
+            .join(" or ");
+        Some(format!(
+            "update {table} set quarantined_at = now(), sync_attempts = sync_attempts + 1,
+    sync_error = case {reason} end
+where {QUEUED} and ({any})
+returning {id}::text, sync_error",
+            table = readings.table.quoted(),
+            id = readings.id_column.quoted(),
+        ))
     }
 }
 
@@ -67,7 +125,7 @@ pub fn quarantine_other_tenants(
         "update {table} set quarantined_at = now(), sync_attempts = sync_attempts + 1,
     sync_error = 'reading of tenant ' || {c}::text || '; this site is tenant ' || {t}
 where {QUEUED} and {c} is not null and {c} <> {t}
-returning {id}, sync_error",
+returning {id}::text, sync_error",
         table = readings.table.quoted(),
         c = column.quoted(),
         t = tenant.literal(),
@@ -163,10 +221,11 @@ pub fn analyze_readings(readings: &ReadingsSpec) -> String {
     format!("analyze (skip_locked) {}", readings.table.quoted())
 }
 
-/// After the remote commit: removes the uploaded readings (`$1`) except refused ones (`$2`).
+/// After the remote commit: removes the uploaded readings (`$1`) except refused ones (`$2`),
+/// both arrays of the id column's type (the server infers it).
 pub fn delete_uploaded(readings: &ReadingsSpec) -> String {
     format!(
-        "delete from {table} where {id} = any($1::bigint[]) and not ({id} = any($2::bigint[]))",
+        "delete from {table} where {id} = any($1) and not ({id} = any($2))",
         table = readings.table.quoted(),
         id = readings.id_column.quoted(),
     )
@@ -176,19 +235,19 @@ pub fn delete_uploaded(readings: &ReadingsSpec) -> String {
 pub fn mark_uploaded(readings: &ReadingsSpec) -> String {
     format!(
         "update {table} set is_synchronized = true, synced_at = now(), sync_error = null
-where {id} = any($1::bigint[]) and not ({id} = any($2::bigint[]))",
+where {id} = any($1) and not ({id} = any($2))",
         table = readings.table.quoted(),
         id = readings.id_column.quoted(),
     )
 }
 
-/// Records a rejected row: binds `$1` id, `$2` error text, `$3` MAX_ROW_FAILURES; returns
-/// whether the row is now quarantined.
+/// Records a rejected row: binds `$1` id (of the id column's type), `$2` error text, `$3`
+/// MAX_ROW_FAILURES; returns whether the row is now quarantined, and its id as text.
 pub fn record_failure(readings: &ReadingsSpec) -> String {
     format!(
         "update {table} set sync_attempts = sync_attempts + 1, sync_error = $2,
     quarantined_at = case when sync_attempts + 1 >= $3 then now() end
-where {id} = $1 returning quarantined_at is not null",
+where {id} = $1 returning quarantined_at is not null, {id}::text",
         table = readings.table.quoted(),
         id = readings.id_column.quoted(),
     )
@@ -228,7 +287,7 @@ pub fn purge_synchronized(readings: &ReadingsSpec) -> String {
 /// error, since when. Binds `$1` limit.
 pub fn list_quarantined(readings: &ReadingsSpec) -> String {
     format!(
-        "select {id}, row({cols})::text, sync_attempts, sync_error, quarantined_at
+        "select {id}::text, row({cols})::text, sync_attempts, sync_error, quarantined_at
 from {table} where quarantined_at is not null order by {id} limit $1",
         id = readings.id_column.quoted(),
         cols = uploaded(readings),
@@ -236,16 +295,23 @@ from {table} where quarantined_at is not null order by {id} limit $1",
     )
 }
 
-/// Releases quarantined readings for another try: all of them, or the ids in `$1`.
+/// Releases quarantined readings for another try: all of them, or the ids in `$1` (as text,
+/// read into the id column's type through the table's row type, whatever that type is),
+/// returning the released ids as text.
 pub fn release_quarantined(readings: &ReadingsSpec, all: bool) -> String {
     let filter = if all {
         String::new()
     } else {
-        format!(" and {} = any($1::bigint[])", readings.id_column.quoted())
+        format!(
+            " and {id} = any(array(select (json_populate_record(null::{table}, json_build_object('{name}', x))).{id} from unnest($1::text[]) x))",
+            id = readings.id_column.quoted(),
+            table = readings.table.quoted(),
+            name = readings.id_column.as_str(),
+        )
     };
     format!(
         "update {table} set quarantined_at = null, sync_attempts = 0, sync_error = null
-where quarantined_at is not null{filter} returning {id}",
+where quarantined_at is not null{filter} returning {id}::text",
         table = readings.table.quoted(),
         id = readings.id_column.quoted(),
     )
@@ -258,7 +324,12 @@ pub fn readings_select(readings: &ReadingsSpec, remote: bool) -> String {
     } else {
         &readings.table
     };
-    format!("select {} from {}", uploaded(readings), table.quoted())
+    let columns = if remote {
+        uploaded_remote(readings)
+    } else {
+        uploaded(readings)
+    };
+    format!("select {columns} from {}", table.quoted())
 }
 
 /// The remote stage's name for a readings table.
@@ -269,13 +340,14 @@ pub fn upload_stage_name(readings: &ReadingsSpec) -> String {
     ))
 }
 
-/// The remote stage: local id plus the uploaded columns, emptied at every commit.
+/// The remote stage: each reading's position in its batch (the local id stays local: it may be
+/// of a type the remote lacks) plus the uploaded columns, emptied at every commit.
 pub fn create_upload_stage(readings: &ReadingsSpec) -> String {
     format!(
         "create temporary table if not exists {stage} on commit delete rows as
-select null::bigint as meter_sync_local_id, {cols} from {remote} with no data",
+select null::bigint as meter_sync_position, {cols} from {remote} with no data",
         stage = upload_stage_name(readings),
-        cols = uploaded(readings),
+        cols = uploaded_remote(readings),
         remote = readings.remote_table.quoted(),
     )
 }
@@ -283,9 +355,9 @@ select null::bigint as meter_sync_local_id, {cols} from {remote} with no data",
 /// `COPY remote_stage FROM STDIN` in binary.
 pub fn copy_into_upload_stage(readings: &ReadingsSpec) -> String {
     format!(
-        "copy {} (meter_sync_local_id, {}) from stdin (format binary)",
+        "copy {} (meter_sync_position, {}) from stdin (format binary)",
         upload_stage_name(readings),
-        uploaded(readings)
+        uploaded_remote(readings)
     )
 }
 
@@ -295,12 +367,15 @@ pub fn copy_into_remote_readings(readings: &ReadingsSpec) -> String {
     format!(
         "copy {} ({}) from stdin (format binary)",
         readings.remote_table.quoted(),
-        uploaded(readings)
+        uploaded_remote(readings)
     )
 }
 
 /// The columns of a remote unique index that lies within the dedupe key, if any: binds `$1`
-/// the quoted remote table, `$2` the dedupe key column names.
+/// the quoted remote table, `$2` the dedupe key's remote column names. An index on a column
+/// that may hold NULL only counts when it treats NULLs as equal (`NULLS NOT DISTINCT`,
+/// PostgreSQL 15; read through `to_jsonb` so older servers answer too): otherwise two readings
+/// with a NULL in the key are both "unique".
 pub const SELECT_DEDUPE_INDEX: &str = "select array_agg(a.attname::text order by k.ord)
 from pg_index i
 cross join lateral unnest(i.indkey::int2[]) with ordinality k(attnum, ord)
@@ -308,14 +383,15 @@ join pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum
 where i.indrelid = to_regclass($1) and i.indisunique and i.indpred is null and not (0 = any(i.indkey::int2[]))
 group by i.indexrelid
 having array_agg(a.attname::text) <@ $2::text[]
+   and (bool_and(a.attnotnull) or bool_or(coalesce((to_jsonb(i) ->> 'indnullsnotdistinct')::boolean, false)))
 limit 1";
 
-/// Inserts the staged rows with local ids in `$1` that are not on the remote yet, returning
+/// Inserts the staged rows (in batch order) whose positions are in `$1` that are not on the remote yet, returning
 /// nothing; the row count is what was inserted. With `conflict_target` (a unique index within
 /// the dedupe key) the server skips duplicates; otherwise an anti-join on the dedupe key does,
 /// keeping one row per key within the batch.
 ///
-/// `by_ids`: only the staged rows whose local id is in `$1` (isolating refused readings);
+/// `by_ids`: only the staged rows whose batch position is in `$1` (isolating refused readings);
 /// otherwise the whole stage, without parameters.
 pub fn insert_new_readings(
     readings: &ReadingsSpec,
@@ -323,38 +399,47 @@ pub fn insert_new_readings(
     by_ids: bool,
 ) -> String {
     let filter = if by_ids {
-        "s.meter_sync_local_id = any($1::bigint[])"
+        "s.meter_sync_position = any($1::bigint[])"
     } else {
         "true"
     };
-    let cols = uploaded(readings);
+    let cols = uploaded_remote(readings);
     let stage = upload_stage_name(readings);
     let remote = readings.remote_table.quoted();
     let scols = readings
         .columns
         .iter()
-        .map(|c| format!("s.{}", c.name.quoted()))
+        .map(|c| format!("s.{}", c.remote().quoted()))
         .collect::<Vec<_>>()
         .join(", ");
     match conflict_target {
         Some(target) => format!(
             "insert into {remote} ({cols})
 select {scols} from {stage} s where {filter}
-order by s.meter_sync_local_id
+order by s.meter_sync_position
 on conflict ({}) do nothing",
             column_list(target)
         ),
         None => {
             let dedupe = readings
-                .dedupe_key
-                .iter()
+                .remote_names(&readings.dedupe_key)
                 .map(|k| format!("s.{}", k.quoted()))
                 .collect::<Vec<_>>()
                 .join(", ");
+            // A nullable key column compares NULL-safely: a resend of a reading with a NULL
+            // there is the same reading.
             let join = readings
                 .dedupe_key
                 .iter()
-                .map(|k| format!("r.{q} = s.{q}", q = k.quoted()))
+                .filter_map(|k| readings.column(k))
+                .map(|c| {
+                    let q = c.remote().quoted();
+                    if c.nullable {
+                        format!("r.{q} is not distinct from s.{q}")
+                    } else {
+                        format!("r.{q} = s.{q}")
+                    }
+                })
                 .collect::<Vec<_>>()
                 .join(" and ");
             format!(
@@ -363,7 +448,7 @@ select {cols} from (
     select distinct on ({dedupe}) {scols} from {stage} s
     where {filter}
       and not exists (select 1 from {remote} r where {join})
-    order by {dedupe}, s.meter_sync_local_id
+    order by {dedupe}, s.meter_sync_position
 ) as new_rows"
             )
         }

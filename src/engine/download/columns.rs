@@ -66,6 +66,39 @@ pub(super) async fn check(
         table: entity.table.to_string(),
         detail,
     })?;
+    if let Some(query) = sql::find_unfit(entity, tenant, versioned, &conversions) {
+        let unfit = rtx
+            .query_opt(&query, &[])
+            .await
+            .map_err(on_remote("check the values of checked columns"))?;
+        if let Some(row) = unfit {
+            let n = entity.key.len();
+            let column: String = row.get(n);
+            let target = entity
+                .columns
+                .iter()
+                .zip(&conversions)
+                .find(|(c, _)| c.name.as_str() == column)
+                .and_then(|(_, conversion)| conversion.fit())
+                .map(|fit| fit.target.clone())
+                .unwrap_or_default();
+            return Err(EntityError::DoesNotFit {
+                table: entity.table.to_string(),
+                key: entity
+                    .key
+                    .iter()
+                    .map(|k| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                values: super::rows::key_of(&row, n).join(", "),
+                column,
+                value: row
+                    .get::<_, Option<String>>(n + 1)
+                    .unwrap_or_else(|| "NULL".into()),
+                target,
+            });
+        }
+    }
     Ok(Columns {
         conversions,
         local_types: local.columns().iter().map(|c| c.type_().clone()).collect(),

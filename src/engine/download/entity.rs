@@ -40,23 +40,7 @@ pub(super) async fn sync(
     options: EntityOptions,
     report: &mut EntityReport,
 ) -> Result<bool, EntityError> {
-    let (versioned, keyed) = match &entity.remote {
-        RemoteSource::Table(table) => {
-            let kind: Option<String> = rtx
-                .query_opt(sql::SELECT_RELKIND, &[&table.quoted()])
-                .await
-                .map_err(on_remote("look up the remote table"))?
-                .and_then(|row| row.get(0));
-            let key: Vec<&str> = entity.key.iter().map(Ident::as_str).collect();
-            let keyed: bool = rtx
-                .query_one(sql::SELECT_KEY_IS_PRIMARY, &[&table.quoted(), &key])
-                .await
-                .map_err(on_remote("look up the remote primary key"))?
-                .get(0);
-            (matches!(kind.as_deref(), Some("r" | "p" | "m")), keyed)
-        }
-        RemoteSource::Query(_) => (false, false),
-    };
+    let (versioned, keyed) = remote_shape(rtx, entity).await?;
     let columns = columns::check(ltx, rtx, entity, tenant, versioned).await?;
     let remote_select = sql::remote_select(entity, tenant, versioned, &columns.conversions);
     let mut types = columns.local_types;
@@ -74,7 +58,15 @@ pub(super) async fn sync(
         .await
         .map_err(on_local("look at the local table"))?
         .get(0);
-    if empty {
+    // A table with foreign keys of its own goes through the stage even when empty: its rows
+    // with a missing reference are skipped there, before the constraint would refuse the load.
+    let constrained: bool = empty
+        && ltx
+            .query_one(sql::SELECT_HAS_FOREIGN_KEYS, &[&entity.table.quoted()])
+            .await
+            .map_err(on_local("look up the local foreign keys"))?
+            .get(0);
+    if empty && !constrained {
         report.strategy = Strategy::Cold;
         cold::sync(ltx, rtx, &source, targets, report).await?;
         return Ok(false);
@@ -104,6 +96,32 @@ pub(super) async fn sync(
     let collected = apply::apply(ltx, entity, removal, options.guard, report, &mut steps).await?;
     drop_stages(ltx, entity).await?;
     Ok(collected)
+}
+
+/// The remote source's shape: whether it is a table with row versions (`xmin`), and whether
+/// its primary key lies within the entity's key (then its rows can neither repeat nor lack a
+/// key).
+pub(super) async fn remote_shape(
+    rtx: &Transaction<'_>,
+    entity: &EntitySpec,
+) -> Result<(bool, bool), EntityError> {
+    Ok(match &entity.remote {
+        RemoteSource::Table(table) => {
+            let kind: Option<String> = rtx
+                .query_opt(sql::SELECT_RELKIND, &[&table.quoted()])
+                .await
+                .map_err(on_remote("look up the remote table"))?
+                .and_then(|row| row.get(0));
+            let key: Vec<&str> = entity.remote_key().into_iter().map(Ident::as_str).collect();
+            let keyed: bool = rtx
+                .query_one(sql::SELECT_KEY_IS_PRIMARY, &[&table.quoted(), &key])
+                .await
+                .map_err(on_remote("look up the remote primary key"))?
+                .get(0);
+            (matches!(kind.as_deref(), Some("r" | "p" | "m")), keyed)
+        }
+        RemoteSource::Query(_) => (false, false),
+    })
 }
 
 async fn drop_stages(ltx: &Transaction<'_>, entity: &EntitySpec) -> Result<(), EntityError> {

@@ -28,6 +28,7 @@ mod attempt;
 mod cold;
 mod columns;
 mod diff;
+mod dry_run;
 mod entity;
 mod full;
 mod report;
@@ -35,6 +36,7 @@ mod rows;
 
 use std::time::Instant;
 
+pub use dry_run::{dry_run, PartCheck};
 pub use report::{ChangedRow, DownloadReport, EntityReport, NewRow, Strategy, DETAIL_LIMIT};
 
 use crate::data::pg::{Backoff, PgError, Pools};
@@ -51,6 +53,15 @@ pub enum EntityError {
     LocalColumnsMissing { table: String, columns: String },
     #[error("{table}: column types could change or refuse values on the way, so nothing of {table} was applied: {detail}. Align the tables or the profile")]
     TypeMismatch { table: String, detail: String },
+    #[error("{table}: the remote row with key ({key})=({values}) has {column} = {value}, which the local {target} cannot hold (convert = \"checked\"), so nothing of {table} was applied. Correct the remote row or widen the local column")]
+    DoesNotFit {
+        table: String,
+        key: String,
+        values: String,
+        column: String,
+        value: String,
+        target: String,
+    },
     #[error("cannot remove the rows of {table} gone remotely: local table {referencing} still references them (constraint {constraint}); nothing of {table} was changed. Remove or re-point those rows, or add {referencing} to the profile so its rows go first")]
     StillReferenced {
         table: String,

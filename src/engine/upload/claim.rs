@@ -13,7 +13,7 @@ use tokio_postgres::{Client, RowStream, Statement};
 use super::plan::Plan;
 use super::workers::Key;
 use super::{UploadError, UploadRequest};
-use crate::data::pg::{copy_row, on_local, on_remote, PgError, Pools, RawValue};
+use crate::data::pg::{on_local, on_remote, PgError, Pools, RawValue};
 use crate::data::sql;
 use crate::profile::{AfterUpload, ReadingsSpec};
 
@@ -168,18 +168,19 @@ pub(super) enum Destination {
 }
 
 /// Streams the claimed rows to the remote as they arrive (into the stage inside a new remote
-/// transaction, or straight into the table as one autocommitted COPY), values passed through
-/// in binary; returns their local ids and the last row's `order_by` key.
+/// transaction, each with its position in the batch, or straight into the table as one
+/// autocommitted COPY), values passed through in binary; returns their local ids (in batch
+/// order, so position `i` is `ids[i]`) and the last row's `order_by` key.
 pub(super) async fn send(
     remote: &tokio_postgres::Client,
     session: &Session,
     rows: tokio_postgres::RowStream,
     readings: &ReadingsSpec,
     destination: Destination,
-) -> Result<(Vec<i64>, Option<Key>), PgError> {
-    let (stage, skip) = match destination {
-        Destination::Stage => (sql::copy_into_upload_stage(readings), 0),
-        Destination::Table => (sql::copy_into_remote_readings(readings), 1),
+) -> Result<(Vec<RawValue>, Option<Key>), PgError> {
+    let (stage, positioned) = match destination {
+        Destination::Stage => (sql::copy_into_upload_stage(readings), true),
+        Destination::Table => (sql::copy_into_remote_readings(readings), false),
     };
     let sink = match destination {
         // The stage lives in a transaction, committed with the insert that follows.
@@ -195,7 +196,14 @@ pub(super) async fn send(
         Destination::Table => remote.copy_in::<_, Bytes>(&stage).await,
     };
     let sink = sink.map_err(on_remote("send the readings"))?;
-    let writer = BinaryCopyInWriter::new(sink, &session.types[skip..]);
+    let uploaded = &session.types[1..];
+    let types: Vec<Type> = match positioned {
+        true => std::iter::once(Type::INT8)
+            .chain(uploaded.iter().cloned())
+            .collect(),
+        false => uploaded.to_vec(),
+    };
+    let writer = BinaryCopyInWriter::new(sink, &types);
     let mut writer = pin!(writer);
     let mut rows = pin!(rows);
     let mut ids = Vec::new();
@@ -205,8 +213,18 @@ pub(super) async fn send(
         .await
         .map_err(on_local("claim queued readings"))?
     {
-        ids.push(row.get::<_, i64>(0));
-        copy_row(writer.as_mut(), &row, skip..session.types.len())
+        let position = ids.len() as i64;
+        ids.push(row.get::<_, RawValue>(0));
+        let mut values: Vec<RawValue> = Vec::with_capacity(types.len());
+        if positioned {
+            values.push(RawValue(Some(position.to_be_bytes().to_vec())));
+        }
+        values.extend((1..session.types.len()).map(|i| row.get::<_, RawValue>(i)));
+        let refs: Vec<&(dyn ToSql + Sync)> =
+            values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+        writer
+            .as_mut()
+            .write(&refs)
             .await
             .map_err(on_remote("send the readings"))?;
         // The claims that remove return the `order_by` key after the uploaded columns.

@@ -23,6 +23,7 @@
 
 mod claim;
 mod direct;
+mod dry_run;
 mod plan;
 mod quarantine;
 mod refused;
@@ -34,11 +35,12 @@ use std::sync::atomic::{AtomicBool, AtomicU32};
 use std::sync::Mutex;
 use std::time::Instant;
 
+pub use dry_run::dry_run;
 pub use plan::queue_stats;
 pub use quarantine::{
     list as list_quarantined, release as release_quarantined, QuarantinedReading,
 };
-pub use report::{QueueStats, RejectedReading, UploadReport};
+pub use report::{QueueStats, ReadingId, RejectedReading, UploadReport};
 
 use crate::data::pg::{on_local, Backoff, PgError, Pools};
 use crate::data::runlock;
@@ -187,6 +189,7 @@ async fn drain(
         _ => Vec::new(),
     };
     let plan = plan::plan(pools, request, tenant).await?;
+    let unfit = plan::quarantine_unfit(local, readings, &plan).await?;
     // Workers drain concurrently, each with its own connections; SKIP LOCKED keeps their
     // batches apart. They share the batch budget; each stops at its own short batch, all stop
     // at the first error.
@@ -199,7 +202,7 @@ async fn drain(
         .tally
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .quarantined_up_front(foreign);
+        .quarantined_up_front(foreign.into_iter().chain(unfit).collect());
     let workers =
         (0..request.workers.max(1)).map(|_| workers::worker(pools, request, &plan, &shared));
     let results = futures_util::future::join_all(workers).await;

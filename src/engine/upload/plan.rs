@@ -14,6 +14,7 @@ use crate::profile::{Ident, ReadingsSpec, TenantId};
 
 /// Set-up shared by every batch of a run.
 pub(super) struct Plan {
+    /// The remote names of the unique index's columns the insert skips conflicts on.
     pub(super) conflict_target: Option<Vec<Ident>>,
     /// How the claims read the readings for the remote.
     pub(super) outgoing: sql::Outgoing,
@@ -48,7 +49,10 @@ pub(super) async fn plan(
         remote: readings.remote_table.to_string(),
         detail,
     })?;
-    let dedupe: Vec<&str> = readings.dedupe_key.iter().map(Ident::as_str).collect();
+    let dedupe: Vec<&str> = readings
+        .remote_names(&readings.dedupe_key)
+        .map(Ident::as_str)
+        .collect();
     let target: Option<Vec<String>> = remote
         .query_opt(
             sql::SELECT_DEDUPE_INDEX,
@@ -59,8 +63,7 @@ pub(super) async fn plan(
         .map(|row| row.get(0));
     let conflict_target = target.map(|names| {
         readings
-            .dedupe_key
-            .iter()
+            .remote_names(&readings.dedupe_key)
             .filter(|k| names.iter().any(|n| n == k.as_str()))
             .cloned()
             .collect()
@@ -95,7 +98,31 @@ pub(super) async fn quarantine_other_tenants(
     Ok(rows
         .iter()
         .map(|row| RejectedReading {
-            id: row.get(0),
+            id: super::ReadingId::from_text(row.get(0)),
+            error: row.get(1),
+            quarantined: true,
+        })
+        .collect())
+}
+
+/// Quarantines the queued readings with a value a checked column's remote type cannot hold
+/// (never sent), with the reason.
+pub(super) async fn quarantine_unfit(
+    local: &tokio_postgres::Client,
+    readings: &ReadingsSpec,
+    plan: &Plan,
+) -> Result<Vec<RejectedReading>, UploadError> {
+    let Some(statement) = plan.outgoing.quarantine_unfit(readings) else {
+        return Ok(Vec::new());
+    };
+    let rows = local
+        .query(&statement, &[])
+        .await
+        .map_err(on_local("quarantine readings that do not fit the remote"))?;
+    Ok(rows
+        .iter()
+        .map(|row| RejectedReading {
+            id: super::ReadingId::from_text(row.get(0)),
             error: row.get(1),
             quarantined: true,
         })

@@ -12,7 +12,7 @@ use crate::profile::ReadingsSpec;
 /// A quarantined reading.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct QuarantinedReading {
-    pub id: i64,
+    pub id: super::ReadingId,
     /// The uploaded columns as one row text, for the operator.
     pub row: String,
     pub attempts: i32,
@@ -33,7 +33,7 @@ pub async fn list(
     Ok(rows
         .iter()
         .map(|r| QuarantinedReading {
-            id: r.get(0),
+            id: super::ReadingId::from_text(r.get(0)),
             row: r.get(1),
             attempts: r.get(2),
             error: r.get(3),
@@ -47,8 +47,8 @@ pub async fn list(
 pub async fn release(
     client: &impl GenericClient,
     readings: &ReadingsSpec,
-    ids: Option<&[i64]>,
-) -> Result<Vec<i64>, PgError> {
+    ids: Option<&[super::ReadingId]>,
+) -> Result<Vec<super::ReadingId>, PgError> {
     let rows = match ids {
         None => {
             client
@@ -56,11 +56,15 @@ pub async fn release(
                 .await
         }
         Some(ids) => {
+            let ids: Vec<String> = ids.iter().map(super::ReadingId::text).collect();
             client
                 .query(&sql::release_quarantined(readings, false), &[&ids])
                 .await
         }
     }
     .map_err(|e| PgError::query(Side::Local, "release quarantined readings", e))?;
-    Ok(rows.iter().map(|r| r.get(0)).collect())
+    Ok(rows
+        .iter()
+        .map(|r| super::ReadingId::from_text(r.get(0)))
+        .collect())
 }

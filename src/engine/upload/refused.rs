@@ -9,9 +9,9 @@ use tokio_postgres::types::ToSql;
 use super::claim::{begin_claim_locked, send, Destination, Session};
 use super::plan::Plan;
 use super::workers::BatchOutcome;
-use super::{RejectedReading, UploadError, UploadRequest};
+use super::{ReadingId, RejectedReading, UploadError, UploadRequest};
 use crate::config::Side;
-use crate::data::pg::{on_local, on_remote, PgError};
+use crate::data::pg::{on_local, on_remote, PgError, RawValue};
 use crate::data::sql;
 
 /// Whether the remote refused the data itself (classes 22 data exception, 23 integrity
@@ -36,28 +36,31 @@ pub(super) async fn batch(
     let rows = begin_claim_locked(local, session, request).await?;
     let (ids, _) = send(remote, session, rows, readings, Destination::Stage).await?;
     let insert = sql::insert_new_readings(readings, plan.conflict_target.as_deref(), true);
-    let (inserted, refused) = bisect(remote, &insert, ids.clone()).await?;
+    let positions: Vec<i64> = (0..ids.len() as i64).collect();
+    let (inserted, refused) = bisect(remote, &insert, positions).await?;
     remote
         .batch_execute("commit")
         .await
         .map_err(on_remote("commit the batch"))?;
 
     // The remote has the readings now; a fault from here on only causes a harmless resend.
-    let refused_ids: Vec<i64> = refused.iter().map(|(id, _)| *id).collect();
+    let refused_ids: Vec<RawValue> = refused
+        .iter()
+        .map(|(position, _)| ids[*position as usize].clone())
+        .collect();
     let mut rejected = Vec::with_capacity(refused.len());
-    for (id, error) in refused {
-        let quarantined: bool = local
+    for (id, (_, error)) in refused_ids.iter().zip(refused) {
+        let row = local
             .query_one(
                 &sql::record_failure(readings),
-                &[&id, &error, &(request.max_row_failures as i32)],
+                &[id, &error, &(request.max_row_failures as i32)],
             )
             .await
-            .map_err(on_local("record a refused reading"))?
-            .get(0);
+            .map_err(on_local("record a refused reading"))?;
         rejected.push(RejectedReading {
-            id,
+            id: ReadingId::from_text(row.get(1)),
             error,
-            quarantined,
+            quarantined: row.get(0),
         });
     }
     let params: [&(dyn ToSql + Sync); 2] = [&ids, &refused_ids];
@@ -76,9 +79,9 @@ pub(super) async fn batch(
     }))
 }
 
-/// Splits the batch's ids until the refused readings are isolated, each part under a
-/// savepoint so the good rows commit. Returns the inserted count and the refused ids with the
-/// server's message.
+/// Splits the batch's positions until the refused readings are isolated, each part under a
+/// savepoint so the good rows commit. Returns the inserted count and the refused positions
+/// with the server's message.
 async fn bisect(
     remote: &tokio_postgres::Client,
     insert: &str,

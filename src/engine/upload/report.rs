@@ -3,11 +3,47 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+/// A reading's local id (`id_column`), whatever its type: an integer id is a JSON number, any
+/// other (a uuid, text) its text.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum ReadingId {
+    Int(i64),
+    Text(String),
+}
+
+impl ReadingId {
+    /// From the id's text form (`id::text`): an integer when it reads as one.
+    pub fn from_text(text: String) -> Self {
+        match text.parse() {
+            Ok(n) => ReadingId::Int(n),
+            Err(_) => ReadingId::Text(text),
+        }
+    }
+
+    /// The id's text form, as SQL reads it back into the id column's type.
+    pub fn text(&self) -> String {
+        match self {
+            ReadingId::Int(n) => n.to_string(),
+            ReadingId::Text(t) => t.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for ReadingId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadingId::Int(n) => write!(f, "{n}"),
+            ReadingId::Text(t) => f.write_str(t),
+        }
+    }
+}
+
 /// A reading the remote refused, with the reason.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RejectedReading {
     /// The local id.
-    pub id: i64,
+    pub id: ReadingId,
     pub error: String,
     /// Whether it reached `MAX_ROW_FAILURES` and is now quarantined.
     pub quarantined: bool,

@@ -66,7 +66,7 @@ impl Tally {
     /// Readings of another tenant, quarantined before any batch: reported like refused ones.
     pub(super) fn quarantined_up_front(&mut self, readings: Vec<RejectedReading>) {
         for rejected in readings {
-            tracing::warn!(id = rejected.id, error = %rejected.error, "a reading of another tenant was quarantined, not sent");
+            tracing::warn!(id = %rejected.id, error = %rejected.error, "a reading was quarantined before the upload, not sent");
             self.rejected_count += 1;
             self.quarantined += 1;
             if self.rejected.len() < REJECTED_LIMIT {
@@ -84,7 +84,7 @@ impl Tally {
         self.rejected_count += outcome.rejected.len() as u64;
         for rejected in outcome.rejected {
             self.quarantined += u64::from(rejected.quarantined);
-            tracing::warn!(id = rejected.id, quarantined = rejected.quarantined, error = %rejected.error, "the remote refused a reading");
+            tracing::warn!(id = %rejected.id, quarantined = rejected.quarantined, error = %rejected.error, "the remote refused a reading");
             if self.rejected.len() < REJECTED_LIMIT {
                 self.rejected.push(rejected);
             }

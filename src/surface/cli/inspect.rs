@@ -9,7 +9,7 @@ use super::{readings, usage_error, QuarantineAction};
 use crate::config::{Config, RawSettings, Side};
 use crate::data::pg::{self, Backoff, Pools};
 use crate::data::schema;
-use crate::engine::upload;
+use crate::engine::{download, upload};
 use crate::error::{chain, Exit};
 use crate::profile::Profile;
 
@@ -44,7 +44,12 @@ pub(super) async fn check(
         check_side(&config.local, config),
         check_side(&config.remote, config)
     );
-    let ok = local.ok && remote.ok;
+    let connected = local.ok && remote.ok;
+    let parts = match connected {
+        true => dry_run(config, profile).await,
+        false => Vec::new(),
+    };
+    let ok = connected && parts.iter().all(|p| p.error.is_none());
     if json {
         let out = serde_json::json!({
             "ok": ok,
@@ -52,6 +57,7 @@ pub(super) async fn check(
             "profile": { "origin": profile.origin, "entities": profile.entities.iter().map(|e| e.name.to_string()).collect::<Vec<_>>(),
                          "readings": profile.readings.as_ref().map(|r| r.table.to_string()) },
             "databases": [local, remote],
+            "profile_check": parts,
         });
         println!("{out:#}");
     } else {
@@ -87,8 +93,60 @@ pub(super) async fn check(
                 _ => {}
             }
         }
+        if connected {
+            let failed = parts.iter().filter(|p| p.error.is_some()).count();
+            println!(
+                "profile check (every statement prepared, every column pair compared, nothing written): {}",
+                match failed {
+                    0 => "ok".to_string(),
+                    n => format!("{n} problem(s)"),
+                }
+            );
+            for part in &parts {
+                match &part.error {
+                    None => println!("  {}: ok", part.part),
+                    Some(error) => println!("  {}: FAILED: {error}", part.part),
+                }
+            }
+        }
     }
     Exit::from_success(ok).into()
+}
+
+/// The profile's dry run: every entity, then the readings, each with its first problem.
+async fn dry_run(config: &Config, profile: &Profile) -> Vec<download::PartCheck> {
+    let pools = match Pools::new(config) {
+        Ok(pools) => pools,
+        Err(e) => {
+            return vec![download::PartCheck {
+                part: "connection pools".into(),
+                error: Some(chain(&e)),
+            }]
+        }
+    };
+    let backoff = Backoff::connection(&config.retry);
+    let mut parts = download::dry_run(&pools, profile, config.tenant_id.as_ref(), backoff)
+        .await
+        .unwrap_or_else(|e| {
+            vec![download::PartCheck {
+                part: "entities".into(),
+                error: Some(chain(&e)),
+            }]
+        });
+    if let Some(readings) = &profile.readings {
+        let request = crate::service::cycle::upload_request(config, profile, readings);
+        parts.push(download::PartCheck {
+            part: format!(
+                "readings {} -> remote {}",
+                readings.table, readings.remote_table
+            ),
+            error: upload::dry_run(&pools, request)
+                .await
+                .err()
+                .map(|e| chain(&e)),
+        });
+    }
+    parts
 }
 
 pub(super) async fn migrate(config: &Config, profile: &Profile, json: bool) -> ExitCode {
@@ -100,7 +158,11 @@ pub(super) async fn migrate(config: &Config, profile: &Profile, json: bool) -> E
                 || pg::connect(&config.local, &config.pool),
             )
             .await?;
-        schema::migrate(&mut client, profile).await
+        let types = schema::TypeSource {
+            remote: &config.remote,
+            pool: &config.pool,
+        };
+        schema::migrate_with(&mut client, profile, Some(types)).await
     }
     .await;
     match result {
@@ -196,6 +258,8 @@ pub(super) async fn quarantine(
                 })
         }
         QuarantineAction::Release { all, ids } => {
+            let ids: Vec<upload::ReadingId> =
+                ids.into_iter().map(upload::ReadingId::from_text).collect();
             let chosen = if all { None } else { Some(ids.as_slice()) };
             upload::release_quarantined(&client, readings, chosen)
                 .await

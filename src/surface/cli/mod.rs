@@ -140,9 +140,9 @@ pub enum QuarantineAction {
         /// Release every quarantined reading.
         #[arg(long, conflicts_with = "ids")]
         all: bool,
-        /// Release this reading (repeatable).
+        /// Release this reading, by its local id (repeatable; any id type: 42, a uuid, ...).
         #[arg(long = "id", value_name = "ID", required_unless_present = "all")]
-        ids: Vec<i64>,
+        ids: Vec<String>,
     },
 }
 

@@ -21,6 +21,12 @@ pub fn copy_into_table(entity: &EntitySpec) -> String {
     )
 }
 
+/// Whether the local table has a foreign key of its own (binds `$1`, the quoted table name):
+/// then rows cannot be copied straight in before those with a missing reference are skipped,
+/// because the constraint refuses them at once.
+pub const SELECT_HAS_FOREIGN_KEYS: &str =
+    "select exists (select 1 from pg_constraint where conrelid = to_regclass($1) and contype = 'f')";
+
 /// The local table's primary key: name, definition, and whether a foreign key references the
 /// table (then the key must stay). Binds `$1`, the quoted table name.
 pub const SELECT_PRIMARY_KEY: &str = "select c.conname::text, pg_get_constraintdef(c.oid),

@@ -68,6 +68,45 @@ pub fn remote_select(
     }
 }
 
+/// The first remote row (of the tenant) with a value that a checked column's target cannot
+/// hold, as its key as text, then the column's name, then the value as text; `None` when no
+/// column is checked. Values are read as the remote has them (unconverted).
+pub fn find_unfit(
+    entity: &EntitySpec,
+    tenant: &TenantId,
+    versioned: bool,
+    conversions: &[Conversion],
+) -> Option<String> {
+    let checks: Vec<(&Ident, &crate::data::convert::Fit)> = entity
+        .columns
+        .iter()
+        .zip(conversions)
+        .filter_map(|(c, conversion)| conversion.fit().map(|fit| (&c.name, fit)))
+        .collect();
+    if checks.is_empty() {
+        return None;
+    }
+    let unfit = |(name, fit): &(&Ident, &crate::data::convert::Fit)| {
+        format!("not {}", fit.sql(&format!("r.{}", name.quoted())))
+    };
+    let which = checks
+        .iter()
+        .map(|check| format!("when {} then '{}'", unfit(check), check.0))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let value = checks
+        .iter()
+        .map(|check| format!("when {} then r.{}::text", unfit(check), check.0.quoted()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let any = checks.iter().map(unfit).collect::<Vec<_>>().join(" or ");
+    Some(format!(
+        "select {}, case {which} end, case {value} end from ({}) r where {any} limit 1",
+        key_text(entity, "r"),
+        remote_select(entity, tenant, versioned, &[])
+    ))
+}
+
 /// Whether the remote table has a primary key whose columns are all among the given key
 /// columns: then its rows can neither repeat nor lack a key. Binds `$1` the quoted table
 /// name, `$2` the key column names (`text[]`).

@@ -13,7 +13,11 @@ use std::fmt;
 
 use tokio_postgres::types::{Kind, Type};
 
-use crate::profile::{ColumnSpec, TimeZone};
+use crate::profile::{ColumnSpec, Convert, TimeZone};
+
+mod fit;
+
+pub use fit::{Fit, FitRule};
 
 /// A column's type as a prepared statement describes it: the type and its modifier (`-1`:
 /// none). The modifier of an array column is its elements'.
@@ -76,6 +80,20 @@ pub enum Conversion {
     /// `value at time zone 'zone'`: a naive `timestamp` read as wall time in `zone` (giving a
     /// `timestamptz`), or an instant shown as wall time in `zone` (giving a `timestamp`).
     AtTimeZone(TimeZone),
+    /// A narrowing pair allowed with `convert = "checked"`: values that pass `fit` arrive
+    /// unchanged (cast to `cast`, a catalog type name, when set); any other value is refused
+    /// on its own before anything moves, never altered.
+    Checked { cast: Option<String>, fit: Fit },
+}
+
+impl Conversion {
+    /// The value check of a checked column.
+    pub fn fit(&self) -> Option<&Fit> {
+        match self {
+            Conversion::Checked { fit, .. } => Some(fit),
+            _ => None,
+        }
+    }
 }
 
 /// Which way values move between the sides.
@@ -105,7 +123,8 @@ pub fn plan(
             Direction::Download => (&remote, &local),
             Direction::Upload => (&local, &remote),
         };
-        match conversion(source, target, spec.time_zone.as_ref()) {
+        let checked = spec.convert == Convert::Checked;
+        match conversion(source, target, spec.time_zone.as_ref(), checked) {
             Ok(c) => conversions.push(c),
             Err(why) => refused.push(format!(
                 "{}: remote {remote}, local {local} ({why})",
@@ -163,26 +182,92 @@ fn length(column: &ColumnType) -> Option<i32> {
     }
 }
 
+/// The hint added to a refusal that `convert = "checked"` would allow.
+const CHECKED_HINT: &str =
+    "; allowed per value with convert = \"checked\" on the column: a value that does not fit is then refused on its own, never altered";
+
 /// Whether every value of `source` can be stored in `target` unchanged and, if so, how to
 /// convert it; otherwise why not. `zone` is the profile's `time_zone` for the column: the zone
 /// of whichever side is a naive `timestamp`, without which `timestamp` and `timestamptz` would
-/// be converted through the session's `TimeZone` setting.
+/// be converted through the session's `TimeZone` setting. `checked` (`convert = "checked"`)
+/// also allows a narrowing pair whose values can only be refused, never altered, with the
+/// check each value must pass.
 pub fn conversion(
     source: &ColumnType,
     target: &ColumnType,
     zone: Option<&TimeZone>,
+    checked: bool,
 ) -> Result<Conversion, String> {
     match (source.element(), target.element()) {
         (Some(s), Some(t)) => {
-            return match conversion(&s, &t, None)? {
+            return match conversion(&s, &t, None, false)? {
                 Conversion::None => Ok(Conversion::None),
                 Conversion::Cast(_) => Ok(Conversion::Cast(target.ty.name().to_string())),
                 Conversion::AtTimeZone(_) => Err("arrays of times are not converted".into()),
+                Conversion::Checked { .. } => Err("arrays are not checked per value".into()),
             };
         }
         (None, None) => {}
         _ => return Err("an array and a single value".into()),
     }
+    if let Some(fit) = narrowing(source, target) {
+        if checked {
+            let cast = (source.ty != target.ty).then(|| target.ty.name().to_string());
+            return Ok(Conversion::Checked { cast, fit });
+        }
+        let why = exact(source, target, zone)
+            .err()
+            .unwrap_or_else(|| format!("{target} refuses some values"));
+        return Err(why + CHECKED_HINT);
+    }
+    exact(source, target, zone)
+}
+
+/// A narrowing pair whose values PostgreSQL can only refuse, never alter, with the test a
+/// value must pass; `None` for any other pair.
+fn narrowing(source: &ColumnType, target: &ColumnType) -> Option<Fit> {
+    let fit = |rule| {
+        Some(Fit {
+            rule,
+            target: target.to_string(),
+        })
+    };
+    let (s, t) = (source.ty.name(), target.ty.name());
+    let range = |t: &str| match t {
+        "int2" => Some((i64::from(i16::MIN), i64::from(i16::MAX))),
+        "int4" => Some((i64::from(i32::MIN), i64::from(i32::MAX))),
+        _ => None,
+    };
+    match (s, t) {
+        ("int8", "int4" | "int2") | ("int4", "int2") => {
+            let (min, max) = range(t)?;
+            fit(FitRule::Range { min, max })
+        }
+        ("text" | "varchar", "varchar") => match (length(source), length(target)) {
+            (Some(have), Some(room)) if room < have => fit(FitRule::Length(room)),
+            (None, Some(room)) => fit(FitRule::Length(room)),
+            _ => None,
+        },
+        ("int2" | "int4" | "int8" | "numeric", "numeric") => {
+            match (numeric_digits(source), numeric_digits(target)) {
+                (Some((digits, scale)), Some((room, target_scale)))
+                    if target_scale >= scale.max(0) && room < digits && room >= 0 =>
+                {
+                    fit(FitRule::Digits(room))
+                }
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// The pairs where no value can change or be refused.
+fn exact(
+    source: &ColumnType,
+    target: &ColumnType,
+    zone: Option<&TimeZone>,
+) -> Result<Conversion, String> {
     if source.ty == target.ty {
         return same_type(source, target);
     }
@@ -277,10 +362,29 @@ fn same_type(source: &ColumnType, target: &ColumnType) -> Result<Conversion, Str
 }
 
 /// User-defined types have different oids in different databases: they are compared by name,
-/// and an enum by its labels (its values travel as label text).
+/// and an enum by its labels (its values travel as label text). An enum becomes text (or a
+/// varchar long enough for every label) unchanged.
 fn user_types(source: &ColumnType, target: &ColumnType) -> Result<Conversion, String> {
     let same_name =
         source.ty.name() == target.ty.name() && source.ty.schema() == target.ty.schema();
+    if let Kind::Enum(labels) = source.ty.kind() {
+        let longest = labels.iter().map(|l| l.chars().count()).max().unwrap_or(0);
+        match (target.ty.name(), length(target)) {
+            ("text", _) | ("varchar", None) => {
+                return Ok(Conversion::Cast(target.ty.name().to_string()))
+            }
+            ("varchar", Some(room)) if room as usize >= longest => {
+                return Ok(Conversion::Cast("varchar".to_string()))
+            }
+            ("varchar", Some(_)) => {
+                return Err(format!(
+                    "{target} is shorter than the longest label of {} ({longest} characters)",
+                    source.ty.name()
+                ))
+            }
+            _ => {}
+        }
+    }
     match (source.ty.kind(), target.ty.kind()) {
         (Kind::Enum(have), Kind::Enum(room)) if same_name => {
             match have.iter().find(|label| !room.contains(label)) {
@@ -297,110 +401,4 @@ fn user_types(source: &ColumnType, target: &ColumnType) -> Result<Conversion, St
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn t(ty: Type, typmod: i32) -> ColumnType {
-        ColumnType { ty, typmod }
-    }
-
-    fn numeric(precision: i32, scale: i32) -> ColumnType {
-        t(
-            Type::NUMERIC,
-            ((precision << 16) | (scale & 0x7ff)) + VARHDRSZ,
-        )
-    }
-
-    fn varchar(n: i32) -> ColumnType {
-        t(Type::VARCHAR, n + VARHDRSZ)
-    }
-
-    fn utc() -> TimeZone {
-        TimeZone::parse("UTC").unwrap()
-    }
-
-    #[test]
-    fn numeric_modifiers_decode_and_print() {
-        assert_eq!(numeric(6, 2).to_string(), "numeric(6,2)");
-        assert_eq!(numeric(5, -2).to_string(), "numeric(5,-2)");
-        assert_eq!(varchar(10).to_string(), "varchar(10)");
-        assert_eq!(t(Type::INT4_ARRAY, -1).to_string(), "int4[]");
-        assert_eq!(
-            t(Type::NUMERIC_ARRAY, numeric(6, 2).typmod).to_string(),
-            "numeric(6,2)[]"
-        );
-    }
-
-    #[test]
-    fn wider_pairs_pass_and_narrower_ones_are_refused() {
-        let ok = |s: &ColumnType, d: &ColumnType| conversion(s, d, None).is_ok();
-        assert!(ok(&numeric(6, 2), &numeric(18, 4)));
-        assert!(ok(&numeric(6, 2), &t(Type::NUMERIC, -1)));
-        assert!(!ok(&numeric(18, 4), &numeric(6, 2)), "rounds");
-        assert!(
-            !ok(&numeric(6, 2), &numeric(6, 3)),
-            "one integer digit fewer"
-        );
-        assert!(!ok(&t(Type::NUMERIC, -1), &numeric(38, 10)));
-        assert!(ok(&numeric(5, -2), &numeric(9, 0)));
-        assert!(ok(&t(Type::INT4, -1), &numeric(10, 0)));
-        assert!(!ok(&t(Type::INT8, -1), &numeric(18, 0)));
-        assert!(!ok(&t(Type::INT4, -1), &numeric(12, -1)), "rounds to tens");
-        assert!(ok(&varchar(10), &varchar(20)));
-        assert!(ok(&varchar(10), &t(Type::TEXT, -1)));
-        assert!(!ok(&t(Type::TEXT, -1), &varchar(10)));
-        assert!(!ok(&varchar(20), &varchar(10)));
-        assert!(!ok(&t(Type::BPCHAR, 9), &t(Type::BPCHAR, 14)), "pads");
-        assert!(!ok(&t(Type::BPCHAR, 9), &t(Type::TEXT, -1)), "strips");
-        assert!(ok(&t(Type::INT4, -1), &t(Type::INT8, -1)));
-        assert!(!ok(&t(Type::INT8, -1), &t(Type::INT4, -1)));
-        assert!(!ok(&t(Type::FLOAT8, -1), &t(Type::NUMERIC, -1)));
-        assert!(!ok(&t(Type::NUMERIC, -1), &t(Type::FLOAT8, -1)));
-        assert!(!ok(&t(Type::FLOAT4, -1), &t(Type::FLOAT8, -1)));
-        assert!(ok(&t(Type::TIMESTAMP, 3), &t(Type::TIMESTAMP, -1)));
-        assert!(!ok(&t(Type::TIMESTAMP, -1), &t(Type::TIMESTAMP, 3)));
-        assert!(ok(&t(Type::INT4_ARRAY, -1), &t(Type::INT8_ARRAY, -1)));
-        assert!(!ok(&t(Type::INT4_ARRAY, -1), &t(Type::INT4, -1)));
-    }
-
-    #[test]
-    fn conversions_name_the_target_type_or_the_zone() {
-        assert_eq!(
-            conversion(&t(Type::INT4, -1), &t(Type::INT8, -1), None),
-            Ok(Conversion::Cast("int8".into()))
-        );
-        assert_eq!(
-            conversion(&t(Type::INT4_ARRAY, -1), &t(Type::INT8_ARRAY, -1), None),
-            Ok(Conversion::Cast("_int8".into()))
-        );
-        assert_eq!(
-            conversion(&numeric(6, 2), &numeric(18, 4), None),
-            Ok(Conversion::None)
-        );
-        let naive = t(Type::TIMESTAMP, -1);
-        let aware = t(Type::TIMESTAMPTZ, -1);
-        assert!(conversion(&naive, &aware, None)
-            .unwrap_err()
-            .contains("time_zone"));
-        assert_eq!(
-            conversion(&naive, &aware, Some(&utc())),
-            Ok(Conversion::AtTimeZone(utc()))
-        );
-        assert_eq!(
-            conversion(&aware, &naive, Some(&utc())),
-            Ok(Conversion::AtTimeZone(utc()))
-        );
-    }
-
-    #[test]
-    fn refusals_say_why() {
-        assert_eq!(
-            conversion(&numeric(18, 4), &numeric(6, 2), None).unwrap_err(),
-            "numeric(6,2) rounds to 2 decimal place(s)"
-        );
-        assert_eq!(
-            conversion(&varchar(20), &varchar(10), None).unwrap_err(),
-            "varchar(10) is narrower than varchar(20)"
-        );
-    }
-}
+mod tests;

@@ -1,0 +1,100 @@
+//! The download half of `meter-sync check`: every entity's statements prepared on both sides and
+//! its column pairs checked by the type rule (and its checked columns' values), inside a
+//! read-only remote snapshot and a local transaction that are both rolled back, so nothing is
+//! written anywhere. Each entity is checked under its own savepoints: every problem is found in
+//! one pass.
+
+use tokio_postgres::IsolationLevel;
+
+use super::{columns, entity, EntityError};
+use crate::config::Side;
+use crate::data::pg::{on_local, Backoff, PgError, Pools};
+use crate::data::sql;
+use crate::data::tenant;
+use crate::error::chain;
+use crate::profile::{Profile, TenantId};
+
+/// What the dry run found for one part of the profile.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PartCheck {
+    /// `entity meter`, `tenant`, `readings meter_readings`.
+    pub part: String,
+    /// `None`: every statement prepared and every column pair passed.
+    pub error: Option<String>,
+}
+
+/// Checks every entity of the profile without changing anything.
+pub async fn dry_run(
+    pools: &Pools,
+    profile: &Profile,
+    configured: Option<&TenantId>,
+    backoff: Backoff,
+) -> Result<Vec<PartCheck>, PgError> {
+    let mut parts = Vec::new();
+    if profile.entities.is_empty() {
+        return Ok(parts);
+    }
+    let mut local = pools.local_with_retry(backoff).await?;
+    let tenant = match tenant::resolve(&**local, configured, profile).await {
+        Ok(tenant) => tenant,
+        Err(e) => {
+            parts.push(PartCheck {
+                part: "tenant".into(),
+                error: Some(chain(&e)),
+            });
+            // Statements are still prepared, for some tenant.
+            TenantId::placeholder()
+        }
+    };
+    let mut remote = pools.remote_with_retry(backoff).await?;
+    let remote_client: &mut tokio_postgres::Client = &mut remote;
+    let rtx = remote_client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(|e| PgError::query(Side::Remote, "begin the read-only snapshot", e))?;
+    let local_client: &mut tokio_postgres::Client = &mut local;
+    let ltx = local_client
+        .build_transaction()
+        .read_only(true)
+        .start()
+        .await
+        .map_err(|e| PgError::query(Side::Local, "begin the check", e))?;
+    rtx.batch_execute(sql::STABLE_TEXT_SETTINGS)
+        .await
+        .map_err(|e| PgError::query(Side::Remote, "set text settings", e))?;
+    for spec in &profile.entities {
+        for (tx, side) in [(&ltx, Side::Local), (&rtx, Side::Remote)] {
+            tx.batch_execute("savepoint meter_sync_check")
+                .await
+                .map_err(|e| PgError::query(side, "savepoint", e))?;
+        }
+        let outcome: Result<(), EntityError> = async {
+            let (versioned, _) = entity::remote_shape(&rtx, spec).await?;
+            let checked = columns::check(&ltx, &rtx, spec, &tenant, versioned).await?;
+            let select = sql::remote_select(spec, &tenant, versioned, &checked.conversions);
+            rtx.prepare(&select)
+                .await
+                .map_err(crate::data::pg::on_remote("prepare the remote rows"))?;
+            ltx.prepare(&sql::list_rows(spec, None))
+                .await
+                .map_err(on_local("prepare the listing of local rows"))?;
+            Ok(())
+        }
+        .await;
+        parts.push(PartCheck {
+            part: format!("entity {}", spec.name),
+            error: outcome.err().map(|e| chain(&e)),
+        });
+        for (tx, side) in [(&ltx, Side::Local), (&rtx, Side::Remote)] {
+            tx.batch_execute("rollback to savepoint meter_sync_check")
+                .await
+                .map_err(|e| PgError::query(side, "rollback to savepoint", e))?;
+        }
+    }
+    let _ = ltx.rollback().await;
+    let _ = rtx.rollback().await;
+    Ok(parts)
+}
