@@ -165,6 +165,25 @@ columns = [
 ]
 "#;
 
+/// A fresh central with [`CENTRAL`] and a site with `site` (its DDL and data), and clients
+/// to both.
+struct Legacy {
+    env: TestEnv,
+    remote: tokio_postgres::Client,
+    local: tokio_postgres::Client,
+}
+
+impl Legacy {
+    async fn new(label: &str, site: &str) -> Self {
+        let env = TestEnv::new(label).await;
+        let remote = env.remote.client().await;
+        let local = env.local.client().await;
+        remote.batch_execute(CENTRAL).await.unwrap();
+        local.batch_execute(site).await.unwrap();
+        Self { env, remote, local }
+    }
+}
+
 /// Runs the binary with the profile and the site's tenant; returns (exit code, stdout, stderr).
 async fn run(vars: &[(String, String)], args: &[&str]) -> (i32, String, String) {
     let vars = vars.to_vec();
@@ -188,11 +207,7 @@ async fn central_configuration(remote: &tokio_postgres::Client) -> Vec<(String, 
 
 #[tokio::test]
 async fn a_legacy_central_and_site_run_every_command_with_a_profile_from_their_ddl() {
-    let env = TestEnv::new("legacy").await;
-    let remote = env.remote.client().await;
-    let local = env.local.client().await;
-    remote.batch_execute(CENTRAL).await.unwrap();
-    local.batch_execute(SITE).await.unwrap();
+    let Legacy { env, remote, local } = Legacy::new("legacy", SITE).await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("legacy.toml");
     std::fs::write(&path, PROFILE).unwrap();
@@ -353,11 +368,7 @@ async fn a_legacy_central_and_site_run_every_command_with_a_profile_from_their_d
 
 #[tokio::test]
 async fn a_checked_value_that_does_not_fit_fails_its_entity_or_quarantines_its_reading() {
-    let env = TestEnv::new("legacy_fit").await;
-    let remote = env.remote.client().await;
-    let local = env.local.client().await;
-    remote.batch_execute(CENTRAL).await.unwrap();
-    local.batch_execute(SITE).await.unwrap();
+    let Legacy { env, remote, local } = Legacy::new("legacy_fit", SITE).await;
     remote
         .batch_execute("update register set register_id = 3000000000 where id = 5")
         .await
@@ -435,11 +446,7 @@ async fn a_checked_value_that_does_not_fit_fails_its_entity_or_quarantines_its_r
 
 #[tokio::test]
 async fn check_lists_every_problem_of_the_profile_at_once() {
-    let env = TestEnv::new("legacy_check").await;
-    let remote = env.remote.client().await;
-    let local = env.local.client().await;
-    remote.batch_execute(CENTRAL).await.unwrap();
-    local.batch_execute(SITE).await.unwrap();
+    let Legacy { env, local, .. } = Legacy::new("legacy_check", SITE).await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("legacy.toml");
     let broken = PROFILE
@@ -492,10 +499,7 @@ async fn check_lists_every_problem_of_the_profile_at_once() {
 
 #[tokio::test]
 async fn migrate_creates_a_missing_enum_as_the_remote_defines_it_and_completes_a_readings_table() {
-    let env = TestEnv::new("legacy_enum").await;
-    let remote = env.remote.client().await;
-    let local = env.local.client().await;
-    remote.batch_execute(CENTRAL).await.unwrap();
+    let Legacy { env, remote, local } = Legacy::new("legacy_enum", "").await;
     remote
         .batch_execute(
             "alter table meter add column batch bigint;
@@ -621,9 +625,7 @@ async fn nullable_dedupe_columns_never_double_a_reading() {
             "create unique index readings_key on meter_readings (meter_id, meter_element_id, reading_time) nulls not distinct",
         ),
     ] {
-        let env = TestEnv::new(label).await;
-        let remote = env.remote.client().await;
-        remote.batch_execute(CENTRAL).await.unwrap();
+        let Legacy { env, remote, .. } = Legacy::new(label, "").await;
         remote
             .batch_execute(&format!(
                 "alter table meter_readings drop constraint meter_readings_pkey, alter column id drop not null; {index}"

@@ -36,22 +36,12 @@ pub(super) async fn attempt(
     let tenant = tenant::resolve(&**local, request.tenant, request.profile).await?;
     report.tenant = Some(tenant.to_string());
     let mut remote = pools.remote_with_retry(backoff).await?;
-    let remote_client: &mut tokio_postgres::Client = &mut remote;
-    let rtx = remote_client
-        .build_transaction()
-        .isolation_level(IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await
-        .map_err(|e| PgError::query(Side::Remote, "begin the read-only snapshot", e))?;
+    let rtx = begin_snapshot(&mut remote).await?;
     let local_client: &mut tokio_postgres::Client = &mut local;
     let ltx = local_client
         .transaction()
         .await
         .map_err(|e| PgError::query(Side::Local, "begin the download transaction", e))?;
-    rtx.batch_execute(sql::STABLE_TEXT_SETTINGS)
-        .await
-        .map_err(|e| PgError::query(Side::Remote, "set text settings", e))?;
     refuse_unknown_tenant(&rtx, request.profile, &tenant).await?;
     ltx.batch_execute(&format!(
         "{}; {}",
@@ -159,6 +149,25 @@ pub(super) async fn attempt(
         entity_report.success = true;
     }
     Ok(Attempt::Committed)
+}
+
+/// The remote side of a run: one `REPEATABLE READ, READ ONLY` transaction (one consistent
+/// snapshot, the server refuses writes) with text settings that make rows hash alike on both
+/// servers.
+pub(super) async fn begin_snapshot(
+    remote: &mut tokio_postgres::Client,
+) -> Result<Transaction<'_>, PgError> {
+    let rtx = remote
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(|e| PgError::query(Side::Remote, "begin the read-only snapshot", e))?;
+    rtx.batch_execute(sql::STABLE_TEXT_SETTINGS)
+        .await
+        .map_err(|e| PgError::query(Side::Remote, "set text settings", e))?;
+    Ok(rtx)
 }
 
 /// Whether an entity's error was the connection failing rather than the entity's data or

@@ -4,8 +4,6 @@
 //! written anywhere. Each entity is checked under its own savepoints: every problem is found in
 //! one pass.
 
-use tokio_postgres::IsolationLevel;
-
 use super::{columns, entity, EntityError};
 use crate::config::Side;
 use crate::data::pg::{on_local, Backoff, PgError, Pools};
@@ -47,14 +45,7 @@ pub async fn dry_run(
         }
     };
     let mut remote = pools.remote_with_retry(backoff).await?;
-    let remote_client: &mut tokio_postgres::Client = &mut remote;
-    let rtx = remote_client
-        .build_transaction()
-        .isolation_level(IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await
-        .map_err(|e| PgError::query(Side::Remote, "begin the read-only snapshot", e))?;
+    let rtx = super::attempt::begin_snapshot(&mut remote).await?;
     let local_client: &mut tokio_postgres::Client = &mut local;
     let ltx = local_client
         .build_transaction()
@@ -62,9 +53,6 @@ pub async fn dry_run(
         .start()
         .await
         .map_err(|e| PgError::query(Side::Local, "begin the check", e))?;
-    rtx.batch_execute(sql::STABLE_TEXT_SETTINGS)
-        .await
-        .map_err(|e| PgError::query(Side::Remote, "set text settings", e))?;
     for spec in &profile.entities {
         for (tx, side) in [(&ltx, Side::Local), (&rtx, Side::Remote)] {
             tx.batch_execute("savepoint meter_sync_check")

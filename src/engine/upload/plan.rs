@@ -88,13 +88,21 @@ pub(super) async fn quarantine_other_tenants(
     column: &Ident,
     tenant: &TenantId,
 ) -> Result<Vec<RejectedReading>, UploadError> {
+    let statement = sql::quarantine_other_tenants(readings, column, tenant);
+    quarantine_up_front(local, &statement, "quarantine readings of another tenant").await
+}
+
+/// Runs a statement that quarantines queued readings before any batch, returning (id as text,
+/// reason) per reading.
+async fn quarantine_up_front(
+    local: &tokio_postgres::Client,
+    statement: &str,
+    context: &'static str,
+) -> Result<Vec<RejectedReading>, UploadError> {
     let rows = local
-        .query(
-            &sql::quarantine_other_tenants(readings, column, tenant),
-            &[],
-        )
+        .query(statement, &[])
         .await
-        .map_err(on_local("quarantine readings of another tenant"))?;
+        .map_err(on_local(context))?;
     Ok(rows
         .iter()
         .map(|row| RejectedReading {
@@ -115,18 +123,12 @@ pub(super) async fn quarantine_unfit(
     let Some(statement) = plan.outgoing.quarantine_unfit(readings) else {
         return Ok(Vec::new());
     };
-    let rows = local
-        .query(&statement, &[])
-        .await
-        .map_err(on_local("quarantine readings that do not fit the remote"))?;
-    Ok(rows
-        .iter()
-        .map(|row| RejectedReading {
-            id: super::ReadingId::from_text(row.get(0)),
-            error: row.get(1),
-            quarantined: true,
-        })
-        .collect())
+    quarantine_up_front(
+        local,
+        &statement,
+        "quarantine readings that do not fit the remote",
+    )
+    .await
 }
 
 /// A backlog at least this large has its table's statistics refreshed when they are stale.
