@@ -10,6 +10,7 @@ pub mod engine;
 pub mod error;
 pub mod fixture;
 pub mod logging;
+pub mod pgbouncer;
 pub mod pgcluster;
 pub mod profile;
 pub mod service;

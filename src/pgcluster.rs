@@ -233,6 +233,7 @@ impl PgCluster {
             password: crate::config::Secret::default(),
             sslmode: crate::config::SslMode::Disable,
             sslrootcert: None,
+            pool_mode: crate::config::PoolMode::Direct,
         }
     }
 

@@ -11,7 +11,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     // Error text and exit codes, log output: used by the engines and every surface.
     ("support", &["error", "logging"]),
     // Throwaway clusters and sample data, for tests, benchmarks and the demo.
-    ("tools", &["fixture", "pgcluster"]),
+    ("tools", &["fixture", "pgbouncer", "pgcluster"]),
     ("engines", &["engine"]),
     ("service", &["service"]),
     ("surfaces", &["surface"]),

@@ -133,6 +133,8 @@ struct PropDb {
     rt: tokio::runtime::Runtime,
     env: TestEnv,
     profile: Profile,
+    /// The PgBouncer the downloads go through, if any.
+    _bouncer: Option<meter_sync::pgbouncer::PgBouncer>,
 }
 
 impl PropDb {
@@ -160,7 +162,28 @@ impl PropDb {
             migrate_local(&env.local, &profile).await;
             (env, profile)
         });
-        Self { rt, env, profile }
+        Self {
+            rt,
+            env,
+            profile,
+            _bouncer: None,
+        }
+    }
+
+    /// [`PropDb::new`] with the downloads going through a PgBouncer in transaction mode with
+    /// two server connections (the test's own statements reach the cluster directly).
+    fn through_pgbouncer(label: &str, layout: Layout) -> Self {
+        let mut db = Self::new(label, layout);
+        let bouncer = meter_sync::pgbouncer::PgBouncer::start(
+            db.env.remote.cluster.port(),
+            meter_sync::pgbouncer::BouncerMode::Transaction,
+            2,
+        )
+        .unwrap();
+        db.env.config.remote.port = bouncer.port();
+        db.env.config.remote.pool_mode = meter_sync::config::PoolMode::Transaction;
+        db._bouncer = Some(bouncer);
+        db
     }
 }
 
@@ -300,8 +323,17 @@ fn keys(map: &BTreeMap<String, String>) -> BTreeSet<&String> {
 // state as running it once, and the second run changes nothing.
 #[test]
 fn prop_000_1_sync_is_idempotent() {
-    let db = PropDb::new("p000_1", Layout::Default);
-    check(&db, scenario(), |db, (remote, local)| {
+    sync_is_idempotent(&PropDb::new("p000_1", Layout::Default));
+}
+
+// The same through PgBouncer in transaction mode (issue 16).
+#[test]
+fn prop_000_1_sync_is_idempotent_through_pgbouncer() {
+    sync_is_idempotent(&PropDb::through_pgbouncer("p000_1_pool", Layout::Default));
+}
+
+fn sync_is_idempotent(db: &PropDb) {
+    check(db, scenario(), |db, (remote, local)| {
         db.rt.block_on(async {
             let first = setup_and_download(db, &remote, &local).await;
             assert!(first.success(), "{first:#?}");
@@ -340,8 +372,17 @@ fn prop_000_2_associations_always_reference_existing_rows() {
 // deletion consistency — local rows absent remotely are deleted.
 #[test]
 fn prop_000_3_4_rows_gone_remotely_are_deleted() {
-    let db = PropDb::new("p000_34", Layout::Default);
-    check(&db, scenario(), |db, (remote, local)| {
+    rows_gone_remotely_are_deleted(&PropDb::new("p000_34", Layout::Default));
+}
+
+// The same through PgBouncer in transaction mode (issue 16).
+#[test]
+fn prop_000_3_4_rows_gone_remotely_are_deleted_through_pgbouncer() {
+    rows_gone_remotely_are_deleted(&PropDb::through_pgbouncer("p000_34_pool", Layout::Default));
+}
+
+fn rows_gone_remotely_are_deleted(db: &PropDb) {
+    check(db, scenario(), |db, (remote, local)| {
         db.rt.block_on(async {
             let report = setup_and_download(db, &remote, &local).await;
             assert!(report.success());
@@ -407,8 +448,17 @@ fn prop_000_5_counts_match_the_actual_table_diff() {
 // local database; other tenants' rows never do.
 #[test]
 fn prop_000_6_only_the_tenants_rows_arrive() {
-    let db = PropDb::new("p000_6", Layout::Default);
-    check(&db, scenario(), |db, (remote, local)| {
+    only_the_tenants_rows_arrive(&PropDb::new("p000_6", Layout::Default));
+}
+
+// The same through PgBouncer in transaction mode (issue 16).
+#[test]
+fn prop_000_6_only_the_tenants_rows_arrive_through_pgbouncer() {
+    only_the_tenants_rows_arrive(&PropDb::through_pgbouncer("p000_6_pool", Layout::Default));
+}
+
+fn only_the_tenants_rows_arrive(db: &PropDb) {
+    check(db, scenario(), |db, (remote, local)| {
         db.rt.block_on(async {
             assert!(setup_and_download(db, &remote, &local).await.success());
             let client = db.env.local.client().await;
@@ -453,8 +503,17 @@ fn prop_000_6_only_the_tenants_rows_arrive() {
 // the same before and after.
 #[test]
 fn prop_000_7_remote_is_never_modified() {
-    let db = PropDb::new("p000_7", Layout::Default);
-    check(&db, scenario(), |db, (remote, local)| {
+    remote_is_never_modified(&PropDb::new("p000_7", Layout::Default));
+}
+
+// The same through PgBouncer in transaction mode (issue 16).
+#[test]
+fn prop_000_7_remote_is_never_modified_through_pgbouncer() {
+    remote_is_never_modified(&PropDb::through_pgbouncer("p000_7_pool", Layout::Default));
+}
+
+fn remote_is_never_modified(db: &PropDb) {
+    check(db, scenario(), |db, (remote, local)| {
         db.rt.block_on(async {
             let client = db.env.remote.client().await;
             write_side(&client, &remote, true).await;

@@ -18,6 +18,7 @@ mod legacy;
 mod local_faults;
 mod mcp;
 mod migrate;
+mod pooler;
 mod privilege;
 mod runtime;
 mod secrets;

@@ -211,7 +211,7 @@ async fn a_type_mismatch_stops_the_run_with_the_column_named() {
     assert_eq!(count(&local, "meter_readings").await, 5);
 }
 
-fn meter_sync_upload(env: &[(String, String)]) -> std::process::Child {
+pub(crate) fn meter_sync_upload(env: &[(String, String)]) -> std::process::Child {
     Command::new(env!("CARGO_BIN_EXE_meter-sync"))
         .arg("upload")
         .env_clear()

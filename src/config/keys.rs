@@ -143,6 +143,11 @@ pub static ALL: &[KeySpec] = &[
         "disable | prefer | require | verify-ca | verify-full",
     ).text("disable, prefer, require, verify-ca or verify-full"),
     key(
+        "POSTGRES_CLIENT_POOL_MODE",
+        Some("direct"),
+        "direct | session | transaction: what is in front of the remote server (a PgBouncer's pool_mode)",
+    ).text("direct, session or transaction"),
+    key(
         "POSTGRES_CLIENT_SSLROOTCERT",
         None,
         "PEM file of the CA that signed the remote server's certificate (system roots otherwise)",

@@ -17,7 +17,9 @@ use std::time::Duration;
 pub use keys::{Accepts, KeySpec, ALL as KEYS};
 pub use secret::Secret;
 pub use source::{RawSettings, RawValue, Source, Sources};
-pub use types::{DbConfig, DeleteGuard, LogFormat, PoolConfig, RetryConfig, Side, SslMode};
+pub use types::{
+    DbConfig, DeleteGuard, LogFormat, PoolConfig, PoolMode, RetryConfig, Side, SslMode,
+};
 pub use web::{parse_authority, AllowedHost, HostName, Origin};
 
 use parser::{parse_bool, Parser, LOCAL_KEYS, REMOTE_KEYS};

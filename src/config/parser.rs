@@ -17,6 +17,8 @@ pub(super) struct DbKeys {
     password: &'static str,
     sslmode: &'static str,
     sslrootcert: &'static str,
+    /// The pool mode key (the remote side only).
+    pool_mode: Option<&'static str>,
 }
 
 pub(super) const LOCAL_KEYS: DbKeys = DbKeys {
@@ -28,6 +30,7 @@ pub(super) const LOCAL_KEYS: DbKeys = DbKeys {
     password: "POSTGRES_SYNC_PASSWORD",
     sslmode: "POSTGRES_SYNC_SSLMODE",
     sslrootcert: "POSTGRES_SYNC_SSLROOTCERT",
+    pool_mode: None,
 };
 
 pub(super) const REMOTE_KEYS: DbKeys = DbKeys {
@@ -39,6 +42,7 @@ pub(super) const REMOTE_KEYS: DbKeys = DbKeys {
     password: "POSTGRES_CLIENT_PASSWORD",
     sslmode: "POSTGRES_CLIENT_SSLMODE",
     sslrootcert: "POSTGRES_CLIENT_SSLROOTCERT",
+    pool_mode: Some("POSTGRES_CLIENT_POOL_MODE"),
 };
 
 /// Collects parse errors while reading keys.
@@ -145,7 +149,12 @@ impl Parser<'_> {
             let path = PathBuf::from(v);
             path.is_file().then_some(path)
         });
+        let pool_mode = match keys.pool_mode {
+            Some(key) => self.value(key, |v| v.parse().ok()),
+            None => Some(super::PoolMode::Direct),
+        };
         Some(DbConfig {
+            pool_mode: pool_mode?,
             side: keys.side,
             host: host?,
             port,

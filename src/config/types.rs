@@ -49,6 +49,44 @@ impl fmt::Display for SslMode {
     }
 }
 
+/// What sits between the agent and a database server (`POSTGRES_CLIENT_POOL_MODE`): the server
+/// itself, or a connection pooler such as PgBouncer in session or transaction mode. It decides
+/// how session settings are applied and what may outlive a transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PoolMode {
+    /// The server: timeouts as startup options.
+    #[default]
+    Direct,
+    /// A pooler that gives each client connection one server connection for its whole life:
+    /// no startup options (PgBouncer refuses them); timeouts set after connecting.
+    Session,
+    /// A pooler that lends a server connection for one transaction only: no startup options,
+    /// no session settings, nothing that outlives a transaction; timeouts `set local` in each.
+    Transaction,
+}
+
+impl FromStr for PoolMode {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "direct" => PoolMode::Direct,
+            "session" => PoolMode::Session,
+            "transaction" => PoolMode::Transaction,
+            _ => return Err(()),
+        })
+    }
+}
+
+impl fmt::Display for PoolMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PoolMode::Direct => "direct",
+            PoolMode::Session => "session",
+            PoolMode::Transaction => "transaction",
+        })
+    }
+}
+
 /// Connection settings of one database.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DbConfig {
@@ -61,6 +99,8 @@ pub struct DbConfig {
     pub password: Secret,
     pub sslmode: SslMode,
     pub sslrootcert: Option<PathBuf>,
+    /// Whether a pooler stands in front of the server (always `Direct` for the local one).
+    pub pool_mode: PoolMode,
 }
 
 impl DbConfig {

@@ -192,8 +192,9 @@ async fn count(
             crate::data::sql::remote_select(entity, tenant, false, &[])
         ),
     };
+    // One round trip on the unnamed statement: safe behind a pooler in transaction mode.
     let row = client
-        .query_one(&statement, &[])
+        .query_typed_one(&statement, &[])
         .await
         .map_err(|e| PgError::query(side, format!("count {}", entity.name), e))?;
     Ok(row.get(0))

@@ -10,7 +10,7 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::error::SqlState;
 
-use crate::config::{Config, DbConfig, PoolConfig, RetryConfig, Side};
+use crate::config::{Config, DbConfig, PoolConfig, PoolMode, RetryConfig, Side};
 pub use raw::{copy_row, RawValue};
 pub use tls::TlsError;
 
@@ -105,12 +105,31 @@ pub fn on_remote(context: &'static str) -> impl Fn(tokio_postgres::Error) -> PgE
     move |e| PgError::query(Side::Remote, context, e)
 }
 
-/// The retry rule: SQLSTATE classes 08 (connection), 40 (transaction rollback: serialization,
+/// The retry rule: SQLSTATE classes 08 (connection; a protocol violation, 08P01, only when it
+/// is a pooler's word for a server it cannot reach at the moment, see
+/// [`POOLER_TRANSIENT`]: a refused startup parameter or a broken protocol is not cured by
+/// retrying), 40 (transaction rollback: serialization,
 /// deadlock), 53 (insufficient resources), 57 (operator intervention: shutdown, cancel), and
 /// errors with no SQLSTATE that come from I/O or a closed connection. A TLS failure (a
 /// certificate that does not verify) is not retried: it will not fix itself.
+/// The messages PgBouncer sends with SQLSTATE 08P01 for a condition that passes: the server
+/// behind it is down or restarting, or every server connection is busy.
+pub const POOLER_TRANSIENT: &[&str] = &[
+    "server login has been failing",
+    "cannot connect to server",
+    "server conn crashed",
+    "server closed the connection unexpectedly",
+    "query_wait_timeout",
+    "pgbouncer is shutting down",
+    "no more connections allowed",
+];
+
 pub fn is_retryable(error: &tokio_postgres::Error) -> bool {
     if let Some(code) = error.code() {
+        if code == &SqlState::PROTOCOL_VIOLATION {
+            let message = error.as_db_error().map(|db| db.message()).unwrap_or("");
+            return POOLER_TRANSIENT.iter().any(|m| message.contains(m));
+        }
         return matches!(&code.code()[..2], "08" | "40" | "53" | "57");
     }
     let mut io = error.is_closed();
@@ -159,6 +178,24 @@ pub fn describe(error: &tokio_postgres::Error) -> String {
     text
 }
 
+/// Why a connection failed, with what to change when the server is a pooler that refuses
+/// what this pool mode sends.
+fn connect_message(db: &DbConfig, error: &tokio_postgres::Error) -> String {
+    let text = describe(error);
+    if !text.contains("unsupported startup parameter") {
+        return text;
+    }
+    match db.side {
+        Side::Remote => format!(
+            "{text}; the remote is a connection pooler (PgBouncer) that refuses startup options: set POSTGRES_CLIENT_POOL_MODE to its pool_mode, session or transaction (now {})",
+            db.pool_mode
+        ),
+        Side::Local => format!(
+            "{text}; the local database is a connection pooler that refuses startup options: connect to the server itself"
+        ),
+    }
+}
+
 /// Keepalive probes sent after the idle time before the peer is given up.
 const KEEPALIVE_PROBES: u32 = 4;
 
@@ -186,15 +223,12 @@ pub fn driver_config(db: &DbConfig, pool: &PoolConfig) -> tokio_postgres::Config
         .keepalives_retries(KEEPALIVE_PROBES)
         .tcp_user_timeout(keepalive_give_up(pool))
         .ssl_mode(tls::driver_mode(db.sslmode));
-    if !pool.statement_timeout.is_zero() {
-        // Server-side bounds: a statement stuck on a lock or a slow plan, and a session left
-        // idle inside a transaction by a client that stalled, are ended by the server. One
-        // side's transaction waits idle while the other side runs a statement (up to the
-        // statement timeout), so the idle bound is twice that: otherwise a remote statement
-        // ending at its timeout would also kill the local transaction, and with it every
-        // entity of the run.
-        let ms = pool.statement_timeout.as_millis();
-        let idle = ms.saturating_mul(2);
+    // Server-side bounds: a statement stuck on a lock or a slow plan, and a session left idle
+    // inside a transaction by a client that stalled, are ended by the server. As startup
+    // options when talking to the server itself; a pooler refuses those (PgBouncer:
+    // `unsupported startup parameter: options`), so behind one they are set after connecting
+    // (session mode) or in each transaction (transaction mode): see [`timeouts`].
+    if let (Some((ms, idle)), PoolMode::Direct) = (timeouts(pool), db.pool_mode) {
         config.options(format!(
             "-c statement_timeout={ms} -c idle_in_transaction_session_timeout={idle}"
         ));
@@ -205,14 +239,48 @@ pub fn driver_config(db: &DbConfig, pool: &PoolConfig) -> tokio_postgres::Config
     config
 }
 
+/// The statement timeout and the idle-in-transaction timeout in milliseconds, when set. One
+/// side's transaction waits idle while the other side runs a statement (up to the statement
+/// timeout), so the idle bound is twice that: otherwise a remote statement ending at its timeout
+/// would also kill the local transaction, and with it every entity of the run.
+fn timeouts(pool: &PoolConfig) -> Option<(u128, u128)> {
+    let ms = pool.statement_timeout.as_millis();
+    (ms > 0).then(|| (ms, ms.saturating_mul(2)))
+}
+
+/// The timeouts as `set` statements (`set local` with `local`), empty when none are set.
+pub fn timeout_settings(pool: &PoolConfig, local: bool) -> String {
+    let scope = if local { "set local" } else { "set" };
+    match timeouts(pool) {
+        Some((ms, idle)) => format!(
+            "{scope} statement_timeout = {ms}; {scope} idle_in_transaction_session_timeout = {idle}"
+        ),
+        None => String::new(),
+    }
+}
+
+/// What a new connection runs first: the timeouts in session mode (a pooler's session mode
+/// keeps one server connection per client connection, so a session setting stays with it).
+fn after_connect(db: &DbConfig, pool: &PoolConfig) -> Option<String> {
+    let settings = timeout_settings(pool, false);
+    (db.pool_mode == PoolMode::Session && !settings.is_empty()).then_some(settings)
+}
+
 /// Connects once and reads the server's version (what `check` reports per side).
 pub async fn server_version(db: &DbConfig, pool: &PoolConfig) -> Result<String, PgError> {
     let client = connect(db, pool).await?;
-    let row = client
-        .query_one("show server_version", &[])
+    // The simple protocol: one message, safe behind a pooler in transaction mode.
+    let rows = client
+        .simple_query("show server_version")
         .await
         .map_err(|e| PgError::query(db.side, "read the server version", e))?;
-    Ok(row.get(0))
+    Ok(rows
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
+            _ => None,
+        })
+        .unwrap_or_default())
 }
 
 /// Opens one connection (not pooled), bounded by the connection timeout; the connection task
@@ -230,7 +298,7 @@ pub async fn connect(db: &DbConfig, pool: &PoolConfig) -> Result<tokio_postgres:
         Ok(Err(source)) => Err(PgError::Connect {
             side: db.side,
             address: db.address(),
-            message: describe(&source),
+            message: connect_message(db, &source),
             source,
         }),
         Ok(Ok((client, connection))) => {
@@ -240,6 +308,12 @@ pub async fn connect(db: &DbConfig, pool: &PoolConfig) -> Result<tokio_postgres:
                     tracing::debug!(side = %side, error = %describe(&e), "database connection ended");
                 }
             });
+            if let Some(settings) = after_connect(db, pool) {
+                client
+                    .batch_execute(&settings)
+                    .await
+                    .map_err(|e| PgError::query(db.side, "set the session timeouts", e))?;
+            }
             Ok(client)
         }
     }
@@ -258,7 +332,19 @@ pub fn pool(db: &DbConfig, settings: &PoolConfig) -> Result<Pool, PgError> {
             recycling_method: RecyclingMethod::Verified,
         },
     );
-    Pool::builder(manager)
+    let mut builder = Pool::builder(manager);
+    if let Some(statements) = after_connect(db, settings) {
+        builder = builder.post_create(deadpool_postgres::Hook::async_fn(move |client, _| {
+            let statements = statements.clone();
+            Box::pin(async move {
+                client
+                    .batch_execute(&statements)
+                    .await
+                    .map_err(deadpool_postgres::HookError::Backend)
+            })
+        }));
+    }
+    builder
         .max_size(settings.max_size)
         .create_timeout(Some(settings.connection_timeout))
         .wait_timeout(Some(
@@ -282,7 +368,7 @@ pub async fn get(pool: &Pool, db: &DbConfig) -> Result<deadpool_postgres::Object
         PoolError::Backend(source) => PgError::Connect {
             side: db.side,
             address: db.address(),
-            message: describe(&source),
+            message: connect_message(db, &source),
             source,
         },
         PoolError::Timeout(_) => PgError::ConnectTimeout {
@@ -306,17 +392,40 @@ pub struct Pools {
     pub remote: Pool,
     pub local_db: DbConfig,
     pub remote_db: DbConfig,
+    /// `set local` of the timeouts, run at the start of every remote transaction behind a
+    /// pooler in transaction mode (empty otherwise: the session has them).
+    pub remote_transaction_settings: String,
 }
 
 impl Pools {
     /// Builds both pools from the configuration.
     pub fn new(config: &Config) -> Result<Self, PgError> {
+        let remote_transaction_settings = match config.remote.pool_mode {
+            PoolMode::Transaction => timeout_settings(&config.pool, true),
+            _ => String::new(),
+        };
         Ok(Self {
             local: pool(&config.local, &config.pool)?,
             remote: pool(&config.remote, &config.pool)?,
             local_db: config.local.clone(),
             remote_db: config.remote.clone(),
+            remote_transaction_settings,
         })
+    }
+
+    /// Whether the remote is reached through a pooler in transaction mode: then nothing may
+    /// outlive a remote transaction (no session temp table, no statement prepared in one
+    /// transaction and run in another, no statement outside a transaction but the simple ones).
+    pub fn remote_in_transaction_mode(&self) -> bool {
+        self.remote_db.pool_mode == PoolMode::Transaction
+    }
+
+    /// `begin`, with the timeouts in transaction mode.
+    pub fn remote_begin(&self) -> String {
+        match self.remote_transaction_settings.as_str() {
+            "" => "begin".to_string(),
+            settings => format!("begin; {settings}"),
+        }
     }
 
     /// A local connection, retried with `backoff` while the failure is retryable.

@@ -341,10 +341,16 @@ pub fn upload_stage_name(readings: &ReadingsSpec) -> String {
 }
 
 /// The remote stage: each reading's position in its batch (the local id stays local: it may be
-/// of a type the remote lacks) plus the uploaded columns, emptied at every commit.
-pub fn create_upload_stage(readings: &ReadingsSpec) -> String {
+/// of a type the remote lacks) plus the uploaded columns; created once per session and emptied
+/// at every commit, or (`per_transaction`, behind a pooler in transaction mode, where nothing
+/// may outlive a transaction) created in each batch's transaction and dropped at its end.
+pub fn create_upload_stage(readings: &ReadingsSpec, per_transaction: bool) -> String {
+    let (exists, lifetime) = match per_transaction {
+        true => ("", "drop"),
+        false => ("if not exists ", "delete rows"),
+    };
     format!(
-        "create temporary table if not exists {stage} on commit delete rows as
+        "create temporary table {exists}{stage} on commit {lifetime} as
 select null::bigint as meter_sync_position, {cols} from {remote} with no data",
         stage = upload_stage_name(readings),
         cols = uploaded_remote(readings),

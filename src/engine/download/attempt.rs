@@ -36,7 +36,7 @@ pub(super) async fn attempt(
     let tenant = tenant::resolve(&**local, request.tenant, request.profile).await?;
     report.tenant = Some(tenant.to_string());
     let mut remote = pools.remote_with_retry(backoff).await?;
-    let rtx = begin_snapshot(&mut remote).await?;
+    let rtx = begin_snapshot(&mut remote, pools).await?;
     let local_client: &mut tokio_postgres::Client = &mut local;
     let ltx = local_client
         .transaction()
@@ -153,10 +153,17 @@ pub(super) async fn attempt(
 
 /// The remote side of a run: one `REPEATABLE READ, READ ONLY` transaction (one consistent
 /// snapshot, the server refuses writes) with text settings that make rows hash alike on both
-/// servers.
-pub(super) async fn begin_snapshot(
-    remote: &mut tokio_postgres::Client,
-) -> Result<Transaction<'_>, PgError> {
+/// servers, after the timeouts behind a pooler in transaction mode.
+pub(super) async fn begin_snapshot<'a>(
+    remote: &'a mut tokio_postgres::Client,
+    pools: &Pools,
+) -> Result<Transaction<'a>, PgError> {
+    let settings = pools.remote_transaction_settings.as_str();
+    if pools.remote_in_transaction_mode() {
+        // Transaction mode: the driver's statements for looking up types were prepared on
+        // whichever server connection an earlier transaction had; forget them.
+        remote.clear_type_cache();
+    }
     let rtx = remote
         .build_transaction()
         .isolation_level(IsolationLevel::RepeatableRead)
@@ -164,7 +171,11 @@ pub(super) async fn begin_snapshot(
         .start()
         .await
         .map_err(|e| PgError::query(Side::Remote, "begin the read-only snapshot", e))?;
-    rtx.batch_execute(sql::STABLE_TEXT_SETTINGS)
+    let settings = match settings {
+        "" => sql::STABLE_TEXT_SETTINGS.to_string(),
+        timeouts => format!("{timeouts}; {}", sql::STABLE_TEXT_SETTINGS),
+    };
+    rtx.batch_execute(&settings)
         .await
         .map_err(|e| PgError::query(Side::Remote, "set text settings", e))?;
     Ok(rtx)

@@ -45,7 +45,7 @@ pub async fn dry_run(
         }
     };
     let mut remote = pools.remote_with_retry(backoff).await?;
-    let rtx = super::attempt::begin_snapshot(&mut remote).await?;
+    let rtx = super::attempt::begin_snapshot(&mut remote, pools).await?;
     let local_client: &mut tokio_postgres::Client = &mut local;
     let ltx = local_client
         .build_transaction()

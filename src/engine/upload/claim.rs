@@ -37,7 +37,17 @@ pub(super) struct Session {
     pub(super) claim_and_remove: Statement,
     pub(super) claim_and_remove_after: Statement,
     pub(super) remove: Statement,
-    pub(super) insert_all: Statement,
+    /// The insert of a whole stage, prepared once per session; `None` behind a pooler in
+    /// transaction mode, where a statement must be prepared in the transaction that runs it
+    /// (`insert_sql`).
+    pub(super) insert_all: Option<Statement>,
+    pub(super) insert_sql: String,
+    /// What opens a batch's remote transaction for the stage: `begin`, or in transaction mode
+    /// `begin`, the timeouts and the stage's creation.
+    pub(super) begin_stage: String,
+    /// In transaction mode, what opens the transaction of a COPY straight into the table
+    /// (elsewhere that COPY commits by itself).
+    pub(super) begin_table: Option<String>,
     /// Types of the claim's columns: the local id, then the uploaded columns (also the
     /// remote stage's layout).
     pub(super) types: Vec<Type>,
@@ -52,10 +62,40 @@ impl Session {
         let readings = request.readings;
         let local = pools.local().await?;
         let remote = pools.remote().await?;
-        remote
-            .batch_execute(&sql::create_upload_stage(readings))
-            .await
-            .map_err(on_remote("create the upload stage"))?;
+        let insert_sql = sql::insert_new_readings(readings, plan.conflict_target.as_deref(), false);
+        let per_transaction = pools.remote_in_transaction_mode();
+        let (insert_all, begin_stage, begin_table) = if per_transaction {
+            // The driver's type lookups were prepared on another server connection.
+            remote.clear_type_cache();
+            // Checked now, inside a transaction rolled back at once: the stage and the insert
+            // exist only within each batch's transaction.
+            let begin_stage = format!(
+                "{}; {}",
+                pools.remote_begin(),
+                sql::create_upload_stage(readings, true)
+            );
+            remote
+                .batch_execute(&begin_stage)
+                .await
+                .map_err(on_remote("create the upload stage"))?;
+            let prepared = remote.prepare(&insert_sql).await;
+            remote
+                .batch_execute("rollback")
+                .await
+                .map_err(on_remote("end the check of the upload statements"))?;
+            prepared.map_err(on_remote("prepare the insert"))?;
+            (None, begin_stage, Some(pools.remote_begin()))
+        } else {
+            remote
+                .batch_execute(&sql::create_upload_stage(readings, false))
+                .await
+                .map_err(on_remote("create the upload stage"))?;
+            let insert_all = remote
+                .prepare(&insert_sql)
+                .await
+                .map_err(on_remote("prepare the insert"))?;
+            (Some(insert_all), "begin".to_string(), None)
+        };
         let claim = local
             .prepare(&sql::claim_batch(readings, &plan.outgoing))
             .await
@@ -76,14 +116,6 @@ impl Session {
             .prepare(&remove)
             .await
             .map_err(on_local("prepare the removal"))?;
-        let insert_all = remote
-            .prepare(&sql::insert_new_readings(
-                readings,
-                plan.conflict_target.as_deref(),
-                false,
-            ))
-            .await
-            .map_err(on_remote("prepare the insert"))?;
         let types = claim.columns().iter().map(|c| c.type_().clone()).collect();
         Ok(Self {
             local: Some(local),
@@ -94,6 +126,9 @@ impl Session {
             claim_and_remove_after,
             remove,
             insert_all,
+            insert_sql,
+            begin_stage,
+            begin_table,
             types,
         })
     }
@@ -182,18 +217,23 @@ pub(super) async fn send(
         Destination::Stage => (sql::copy_into_upload_stage(readings), true),
         Destination::Table => (sql::copy_into_remote_readings(readings), false),
     };
-    let sink = match destination {
+    let begin = match destination {
         // The stage lives in a transaction, committed with the insert that follows.
-        Destination::Stage => {
-            let (begin, sink) = tokio::join!(
-                remote.batch_execute("begin"),
+        Destination::Stage => Some(session.begin_stage.as_str()),
+        // Straight into the table: the COPY commits by itself, except behind a pooler in
+        // transaction mode, where its prepare and its run must share one transaction.
+        Destination::Table => session.begin_table.as_deref(),
+    };
+    let sink = match begin {
+        Some(begin) => {
+            let (begun, sink) = tokio::join!(
+                remote.batch_execute(begin),
                 remote.copy_in::<_, Bytes>(&stage)
             );
-            begin.map_err(on_remote("begin the batch"))?;
+            begun.map_err(on_remote("begin the batch"))?;
             sink
         }
-        // Straight into the table: the COPY commits by itself.
-        Destination::Table => remote.copy_in::<_, Bytes>(&stage).await,
+        None => remote.copy_in::<_, Bytes>(&stage).await,
     };
     let sink = sink.map_err(on_remote("send the readings"))?;
     let uploaded = &session.types[1..];

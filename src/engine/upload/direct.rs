@@ -30,14 +30,23 @@ pub(super) async fn batch(
     let rows = begin_claim(local, session, request, after).await?;
     let sent = send(remote, session, rows, request.readings, Destination::Table).await;
     steps.done("claim and copy");
+    // Behind a pooler in transaction mode the COPY ran in a transaction of its own.
+    let in_transaction = session.begin_table.is_some();
     match sent {
         Ok((ids, _)) if ids.is_empty() => {
+            if in_transaction {
+                end_remote(remote, "commit").await?;
+            }
             end_local(local, "commit", "end the batch").await?;
             Ok(Direct::Done(None))
         }
         Ok((ids, last_key)) => {
-            // The COPY ran as a statement of its own: its completion was the remote commit.
-            // The remote has the readings now; a fault from here on only causes a resend.
+            // The COPY ran as a statement of its own: its completion was the remote commit
+            // (or, in transaction mode, this commit is). The remote has the readings now; a
+            // fault from here on only causes a resend.
+            if in_transaction {
+                end_remote(remote, "commit").await?;
+            }
             end_local(local, "commit", "commit the batch").await?;
             steps.done("local commit");
             let n = ids.len() as u64;
@@ -50,11 +59,27 @@ pub(super) async fn batch(
             })))
         }
         Err(e) if e.side() == Side::Remote && refused::is_refusal(e.code()) => {
-            // The failed COPY rolled itself back on the remote.
+            // The failed COPY rolled itself back on the remote (its transaction, in
+            // transaction mode, is ended here).
+            if in_transaction {
+                end_remote(remote, "rollback").await?;
+            }
             end_local(local, "rollback", "roll back the batch").await?;
             tracing::debug!(error = %e, "direct copy refused; going through the stage");
             Ok(Direct::Refused)
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Ends the remote transaction of a direct COPY behind a pooler in transaction mode.
+async fn end_remote(
+    remote: &tokio_postgres::Client,
+    statement: &'static str,
+) -> Result<(), UploadError> {
+    remote
+        .batch_execute(statement)
+        .await
+        .map_err(crate::data::pg::on_remote("end the batch"))?;
+    Ok(())
 }

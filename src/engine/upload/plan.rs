@@ -29,12 +29,30 @@ pub(super) async fn plan(
 ) -> Result<Plan, UploadError> {
     let readings = request.readings;
     let local = pools.local().await?;
-    let remote = pools.remote_with_retry(request.connect).await?;
+    let mut remote = pools.remote_with_retry(request.connect).await?;
+    // One read-only transaction: behind a pooler in transaction mode a statement is prepared
+    // and run on the same server connection only within one.
+    let remote_client: &mut tokio_postgres::Client = &mut remote;
+    if pools.remote_in_transaction_mode() {
+        // The driver's type lookups were prepared on another server connection.
+        remote_client.clear_type_cache();
+    }
+    let rtx = remote_client
+        .build_transaction()
+        .read_only(true)
+        .start()
+        .await
+        .map_err(on_remote("begin reading the remote readings table"))?;
+    if !pools.remote_transaction_settings.is_empty() {
+        rtx.batch_execute(&pools.remote_transaction_settings)
+            .await
+            .map_err(on_remote("set the timeouts"))?;
+    }
     let local_stmt = local
         .prepare(&sql::readings_select(readings, false))
         .await
         .map_err(on_local("read the local readings columns"))?;
-    let remote_stmt = remote
+    let remote_stmt = rtx
         .prepare(&sql::readings_select(readings, true))
         .await
         .map_err(on_remote("read the remote readings columns"))?;
@@ -53,7 +71,7 @@ pub(super) async fn plan(
         .remote_names(&readings.dedupe_key)
         .map(Ident::as_str)
         .collect();
-    let target: Option<Vec<String>> = remote
+    let target: Option<Vec<String>> = rtx
         .query_opt(
             sql::SELECT_DEDUPE_INDEX,
             &[&readings.remote_table.quoted(), &dedupe],
@@ -61,6 +79,9 @@ pub(super) async fn plan(
         .await
         .map_err(on_remote("look up the remote unique indexes"))?
         .map(|row| row.get(0));
+    rtx.commit()
+        .await
+        .map_err(on_remote("end reading the remote readings table"))?;
     let conflict_target = target.map(|names| {
         readings
             .remote_names(&readings.dedupe_key)

@@ -35,10 +35,16 @@ pub(super) async fn batch(
         r.map_err(on_remote("end the batch"))?;
         return Ok(None);
     }
-    let (inserted, commit) = tokio::join!(
-        remote.execute(&session.insert_all, &[]),
-        remote.batch_execute("commit")
-    );
+    // Behind a pooler in transaction mode the insert is prepared in this transaction.
+    let insert = match &session.insert_all {
+        Some(insert) => insert.clone(),
+        None => remote
+            .prepare(&session.insert_sql)
+            .await
+            .map_err(on_remote("prepare the insert"))?,
+    };
+    let (inserted, commit) =
+        tokio::join!(remote.execute(&insert, &[]), remote.batch_execute("commit"));
     match inserted {
         Ok(inserted) => {
             commit.map_err(on_remote("commit the batch"))?;
