@@ -3,11 +3,15 @@
 //! once. Prints the aggregate readings/s, per-agent rows/s, the single-agent figure for the
 //! same total work measured in the same run, and checks that no reading was lost or doubled.
 //!
-//! The fleet runs twice per round: every agent with `UPLOAD_WORKERS=1` (the setting for sites
-//! sharing a central), and with the default `auto`.
+//! The fleet runs three times per round: every agent with `UPLOAD_WORKERS=1` (the setting for
+//! sites sharing a central), with the default `auto`, and with `UPLOAD_WORKERS=1` through a
+//! PgBouncer in transaction mode in front of the central (`POSTGRES_CLIENT_POOL_MODE =
+//! transaction`). Each fleet's peak of central server connections is sampled from
+//! `pg_stat_activity` while it runs.
 //!
 //! `cargo bench --bench fleet`; FLEET_AGENTS (20), FLEET_READINGS per agent (25,000),
-//! FLEET_BATCH_SIZE (the service default, 100), BENCH_REPEAT (3, medians).
+//! FLEET_BATCH_SIZE (the service default, 100), FLEET_POOL_SIZE (PgBouncer's
+//! `default_pool_size`, 10), BENCH_REPEAT (3, medians).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -16,9 +20,11 @@ mod support;
 
 use std::time::Duration;
 
+use meter_sync::config::PoolMode;
 use meter_sync::data::pg::Pools;
 use meter_sync::data::runlock::RunKind;
 use meter_sync::fixture::{FixtureSize, Layout};
+use meter_sync::pgbouncer::{BouncerMode, PgBouncer};
 use meter_sync::pgcluster::{ClusterOptions, PgCluster};
 use meter_sync::profile::Profile;
 use meter_sync::service::cycle::SyncCycleResult;
@@ -56,18 +62,21 @@ async fn queue(site: &PgCluster, db: &str, prefix: &str, rows: i64) {
         .unwrap();
 }
 
-/// One agent's cycle with its own pools, as a separate service process would run it.
+/// One agent's cycle with its own pools, as a separate service process would run it; through
+/// the pooler on `pooler` (transaction mode) when given.
+#[allow(clippy::too_many_arguments)]
 async fn agent(
     site: &PgCluster,
     db: &str,
     central: &PgCluster,
+    pooler: Option<u16>,
     tenant: i64,
     batch: &str,
     workers: &str,
     profile: &Profile,
 ) -> SyncCycleResult {
     let tenant = tenant.to_string();
-    let config = config(
+    let mut config = config(
         site,
         db,
         central,
@@ -79,6 +88,10 @@ async fn agent(
             ("UPLOAD_WORKERS", workers),
         ],
     );
+    if let Some(port) = pooler {
+        config.remote.port = port;
+        config.remote.pool_mode = PoolMode::Transaction;
+    }
     let pools = Pools::new(&config).unwrap();
     let result = meter_sync::service::cycle::run(
         &pools,
@@ -183,8 +196,29 @@ async fn check(
     }
 }
 
+/// Samples the central's client backends on database `central` every 20 ms until `done`,
+/// returning the most seen at once (the sampler's own connection not counted).
+async fn peak_server_connections(central: &PgCluster, done: &std::sync::atomic::AtomicBool) -> i64 {
+    let client = connect(central, "postgres").await;
+    let mut peak = 0;
+    while !done.load(std::sync::atomic::Ordering::Relaxed) {
+        let n: i64 = client
+            .query_one(
+                "select count(*) from pg_stat_activity where datname = 'central' and backend_type = 'client backend' and pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        peak = peak.max(n);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    peak
+}
+
 fn main() {
     let agents = env_rows("FLEET_AGENTS", 20).max(1);
+    let pool_size = env_rows("FLEET_POOL_SIZE", 10).max(1) as u32;
     let per_agent = env_rows("FLEET_READINGS", 25_000).max(1);
     let batch = env_rows("FLEET_BATCH_SIZE", 100).to_string();
     let repeat = env_rows("BENCH_REPEAT", 3).max(1) as usize;
@@ -194,6 +228,8 @@ fn main() {
         let central = s.spawn(|| start("central"));
         (site.join().unwrap(), central.join().unwrap())
     });
+    let bouncer = PgBouncer::start(central.port(), BouncerMode::Transaction, pool_size)
+        .unwrap_or_else(|e| panic!("cannot start pgbouncer (apt-get install pgbouncer): {e}"));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -210,38 +246,49 @@ fn main() {
             "fleet benchmark: {agents} agents x {per_agent} readings (+ each downloads its tenant: {METERS} meters, 10 registers, {} associations), BATCH_SIZE {batch}, one central and one site cluster and every agent on one {cores}-core machine, fsync off",
             METERS * 3
         );
-        let fleets = ["1", "auto"];
+        // (upload workers, through the pooler)
+        let fleets = [("1", false), ("auto", false), ("1", true)];
         let mut single_times = Vec::new();
         let mut fleet_times: Vec<Vec<Duration>> = vec![Vec::new(); fleets.len()];
-        let mut details: Vec<(Vec<f64>, Duration, f64)> = vec![(Vec::new(), Duration::ZERO, 0.0); fleets.len()];
+        let mut details: Vec<(Vec<f64>, Duration, f64, i64)> = vec![(Vec::new(), Duration::ZERO, 0.0, 0); fleets.len()];
         for round in 0..repeat {
             // The single agent: the fleet's whole work alone, with the default (peak) workers.
             fresh_sites(&site, &central_client, 0..=0, &profile).await;
             queue(&site, "site_0", "B", total).await;
-            let (result, took) = timed(agent(&site, "site_0", &central, agents + 1, &batch, "auto", &profile)).await;
+            let (result, took) = timed(agent(&site, "site_0", &central, None, agents + 1, &batch, "auto", &profile)).await;
             let (done, _) = uploaded(&result);
             assert_eq!(done as i64, total);
             single_times.push(took);
             check(&site, &central, "B", total, 0..=0).await;
 
-            for (f, workers) in fleets.iter().enumerate() {
+            for (f, (workers, pooled)) in fleets.iter().enumerate() {
+                let pooler = pooled.then(|| bouncer.port());
                 fresh_sites(&site, &central_client, 1..=agents, &profile).await;
                 for a in 1..=agents {
                     queue(&site, &format!("site_{a}"), &format!("S{a}"), per_agent).await;
                 }
                 reset_peak_rss();
-                let (results, took) = timed(async {
-                    let tasks: Vec<_> = (1..=agents)
-                        .map(|a| {
-                            let (site, central, profile, batch) = (&site, &central, &profile, &batch);
-                            async move { agent(site, &format!("site_{a}"), central, a, batch, workers, profile).await }
+                let done = std::sync::atomic::AtomicBool::new(false);
+                let ((results, took), peak) = tokio::join!(
+                    async {
+                        let run = timed(async {
+                            let tasks: Vec<_> = (1..=agents)
+                                .map(|a| {
+                                    let (site, central, profile, batch) = (&site, &central, &profile, &batch);
+                                    async move { agent(site, &format!("site_{a}"), central, pooler, a, batch, workers, profile).await }
+                                })
+                                .collect();
+                            futures_util::future::join_all(tasks).await
                         })
-                        .collect();
-                    futures_util::future::join_all(tasks).await
-                })
-                .await;
+                        .await;
+                        done.store(true, std::sync::atomic::Ordering::Relaxed);
+                        run
+                    },
+                    peak_server_connections(&central, &done)
+                );
                 fleet_times[f].push(took);
-                let (rates, slowest, rss) = &mut details[f];
+                let (rates, slowest, rss, connections) = &mut details[f];
+                *connections = (*connections).max(peak);
                 *rss = rss.max(peak_rss_mib());
                 rates.clear();
                 for result in &results {
@@ -260,25 +307,39 @@ fn main() {
         let single = median(single_times);
         let single_rate = total as f64 / single.as_secs_f64();
         println!("single agent (UPLOAD_WORKERS auto), {total} readings + download: {} ({}), median of {repeat}", secs(single), rate(total, single));
-        for (f, workers) in fleets.iter().enumerate() {
+        let mut direct_rate = None;
+        for (f, (workers, pooled)) in fleets.iter().enumerate() {
             let fleet = median(std::mem::take(&mut fleet_times[f]));
             let fleet_rate = total as f64 / fleet.as_secs_f64();
-            let (rates, slowest, rss) = &mut details[f];
+            let (rates, slowest, rss, connections) = &mut details[f];
             rates.sort_by(f64::total_cmp);
             let pick = |q: f64| rates[((rates.len() - 1) as f64 * q).round() as usize];
+            let route = if *pooled {
+                format!("through PgBouncer, transaction mode, default_pool_size {pool_size}")
+            } else {
+                "direct".to_string()
+            };
             println!(
-                "fleet of {agents} agents (UPLOAD_WORKERS {workers}), {per_agent} readings each + download: {} ({} aggregate), {:.2}x the single agent [goal >= 0.7x], median of {repeat}",
+                "fleet of {agents} agents (UPLOAD_WORKERS {workers}, {route}), {per_agent} readings each + download: {} ({} aggregate), {:.2}x the single agent [goal >= 0.7x], median of {repeat}",
                 secs(fleet),
                 rate(total, fleet),
                 fleet_rate / single_rate
             );
             println!(
-                "  per-agent upload rows/s (last round): min {:.0}, median {:.0}, max {:.0}; slowest download {}; peak RSS of the {agents} agents {rss:.1} MiB",
+                "  per-agent upload rows/s (last round): min {:.0}, median {:.0}, max {:.0}; slowest download {}; peak RSS of the {agents} agents {rss:.1} MiB; most central server connections at once {connections}",
                 pick(0.0),
                 pick(0.5),
                 pick(1.0),
                 secs(*slowest)
             );
+            match (pooled, direct_rate) {
+                (false, None) if *workers == "1" => direct_rate = Some(fleet_rate),
+                (true, Some(direct)) => println!(
+                    "  through the pooler: {:.2}x the direct fleet with the same workers [goal >= 0.7x], {connections} server connections [goal <= {pool_size}]",
+                    fleet_rate / direct
+                ),
+                _ => {}
+            }
         }
         println!("lost 0, duplicated 0 (checked per site on the central after every run); every local queue empty, every site has its {METERS} meters");
     });

@@ -1,8 +1,9 @@
 //! The download half of `meter-sync check`: every entity's statements prepared on both sides and
 //! its column pairs checked by the type rule (and its checked columns' values), inside a
 //! read-only remote snapshot and a local transaction that are both rolled back, so nothing is
-//! written anywhere. Each entity is checked under its own savepoints: every problem is found in
-//! one pass.
+//! written anywhere (the local statements that work on the run's temporary stages are prepared
+//! against empty stages created in that transaction). Each entity is checked under its own
+//! savepoints: every problem is found in one pass.
 
 use super::{columns, entity, EntityError};
 use crate::config::Side;
@@ -47,12 +48,28 @@ pub async fn dry_run(
     let mut remote = pools.remote_with_retry(backoff).await?;
     let rtx = super::attempt::begin_snapshot(&mut remote, pools).await?;
     let local_client: &mut tokio_postgres::Client = &mut local;
+    // Not read only: the stages are temporary tables, created and rolled back with it.
     let ltx = local_client
-        .build_transaction()
-        .read_only(true)
-        .start()
+        .transaction()
         .await
         .map_err(|e| PgError::query(Side::Local, "begin the check", e))?;
+    // As the run decides: row hashes by `hash_record_extended` on PostgreSQL 14 and newer.
+    let record_hash: bool = ltx
+        .query_one(
+            "select current_setting('server_version_num')::int >= 140000",
+            &[],
+        )
+        .await
+        .map_err(on_local("read the server version"))?
+        .get(0);
+    let targets: Vec<sql::Target<'_>> = profile
+        .entities
+        .iter()
+        .map(|spec| sql::Target {
+            spec,
+            deleting: false,
+        })
+        .collect();
     for spec in &profile.entities {
         for (tx, side) in [(&ltx, Side::Local), (&rtx, Side::Remote)] {
             tx.batch_execute("savepoint meter_sync_check")
@@ -69,6 +86,47 @@ pub async fn dry_run(
             ltx.prepare(&sql::list_rows(spec, None))
                 .await
                 .map_err(on_local("prepare the listing of local rows"))?;
+            // The run's local statements, against empty stages.
+            let kind = sql::ChangeCheck::for_entity(spec, versioned, record_hash);
+            ltx.batch_execute(&format!(
+                "{}; {}",
+                sql::create_stage(spec),
+                sql::create_hash_stage(spec, kind)
+            ))
+            .await
+            .map_err(on_local("create the stages"))?;
+            ltx.batch_execute(&sql::create_diff(spec, kind))
+                .await
+                .map_err(on_local("compare row versions"))?;
+            let stage = sql::stage_name(spec);
+            let mut statements = vec![
+                sql::insert_new(spec),
+                sql::sync_versions(spec),
+                sql::take_need_batch(spec, 1),
+                sql::find_duplicate_key(spec, &stage),
+            ];
+            statements.extend(sql::update_changed(spec));
+            statements.extend(sql::skip_unreferenced(spec, &targets));
+            statements.extend(sql::skip_unreferenced_fetched(spec, &targets));
+            statements.extend(sql::skip_unreferenced_unchanged(spec, &targets));
+            for statement in &statements {
+                ltx.prepare(statement)
+                    .await
+                    .map_err(on_local("prepare the statements that apply the rows"))?;
+            }
+            if let Some(collect) = sql::collect_missing(spec, &stage) {
+                ltx.batch_execute(&collect)
+                    .await
+                    .map_err(on_local("collect rows gone remotely"))?;
+                for statement in [sql::count_staying(spec)]
+                    .into_iter()
+                    .chain(sql::remove_gone(spec))
+                {
+                    ltx.prepare(&statement)
+                        .await
+                        .map_err(on_local("prepare the removal of rows gone remotely"))?;
+                }
+            }
             Ok(())
         }
         .await;
