@@ -197,15 +197,20 @@ async fn check(
 }
 
 /// Samples the central's client backends on database `central` every 20 ms until `done`,
-/// returning the most seen at once (the sampler's own connection not counted).
-async fn peak_server_connections(central: &PgCluster, done: &std::sync::atomic::AtomicBool) -> i64 {
+/// returning the most seen at once (the sampler's own connection and the benchmark's, backend
+/// `own`, not counted).
+async fn peak_server_connections(
+    central: &PgCluster,
+    own: i32,
+    done: &std::sync::atomic::AtomicBool,
+) -> i64 {
     let client = connect(central, "postgres").await;
     let mut peak = 0;
     while !done.load(std::sync::atomic::Ordering::Relaxed) {
         let n: i64 = client
             .query_one(
-                "select count(*) from pg_stat_activity where datname = 'central' and backend_type = 'client backend' and pid <> pg_backend_pid()",
-                &[],
+                "select count(*) from pg_stat_activity where datname = 'central' and backend_type = 'client backend' and pid <> pg_backend_pid() and pid <> $1",
+                &[&own],
             )
             .await
             .unwrap()
@@ -237,6 +242,7 @@ fn main() {
     rt.block_on(async {
         create_db(&central, "central").await;
         let central_client = connect(&central, "central").await;
+        let own: i32 = central_client.query_one("select pg_backend_pid()", &[]).await.unwrap().get(0);
         // Tenant agents + 1 is the single agent's.
         let size = FixtureSize { tenants: agents + 1, meters_per_tenant: METERS, elements_per_meter: 1, registers_per_tenant: 10, registers_per_device: 3 };
         meter_sync::fixture::load_remote(&central_client, Layout::Default, size).await.unwrap();
@@ -284,7 +290,7 @@ fn main() {
                         done.store(true, std::sync::atomic::Ordering::Relaxed);
                         run
                     },
-                    peak_server_connections(&central, &done)
+                    peak_server_connections(&central, own, &done)
                 );
                 fleet_times[f].push(took);
                 let (rates, slowest, rss, connections) = &mut details[f];
