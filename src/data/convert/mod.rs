@@ -96,6 +96,19 @@ impl Conversion {
     }
 }
 
+/// The checked columns of `columns` (`convert = "checked"` pairs, by the conversions planned for
+/// them in column order) with the test their values must pass: one list for the download's
+/// search of the remote and the upload's quarantine and claims.
+pub fn checks<'a>(
+    columns: &'a [ColumnSpec],
+    conversions: &'a [Conversion],
+) -> impl Iterator<Item = (&'a crate::profile::Ident, &'a Fit)> {
+    columns
+        .iter()
+        .zip(conversions)
+        .filter_map(|(c, conversion)| conversion.fit().map(|fit| (&c.name, fit)))
+}
+
 /// Which way values move between the sides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {

@@ -53,11 +53,7 @@ impl Outgoing {
         &'a self,
         readings: &'a ReadingsSpec,
     ) -> impl Iterator<Item = (&'a Ident, &'a crate::data::convert::Fit)> {
-        readings
-            .columns
-            .iter()
-            .zip(&self.conversions)
-            .filter_map(|(c, conversion)| conversion.fit().map(|fit| (&c.name, fit)))
+        crate::data::convert::checks(&readings.columns, &self.conversions)
     }
 
     /// The condition of a reading the claims may take: queued, of this site's tenant (or

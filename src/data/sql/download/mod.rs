@@ -77,12 +77,8 @@ pub fn find_unfit(
     versioned: bool,
     conversions: &[Conversion],
 ) -> Option<String> {
-    let checks: Vec<(&Ident, &crate::data::convert::Fit)> = entity
-        .columns
-        .iter()
-        .zip(conversions)
-        .filter_map(|(c, conversion)| conversion.fit().map(|fit| (&c.name, fit)))
-        .collect();
+    let checks: Vec<(&Ident, &crate::data::convert::Fit)> =
+        crate::data::convert::checks(&entity.columns, conversions).collect();
     if checks.is_empty() {
         return None;
     }
