@@ -43,11 +43,23 @@ impl PgBouncer {
     }
 
     /// Starts PgBouncer in `mode` in front of the server on `upstream_port`, with
-    /// `default_pool_size` server connections per (database, user) pair.
+    /// `default_pool_size` server connections per (database, user) pair and a
+    /// `query_wait_timeout` of 10 s (a test fails fast when no server connection comes).
     pub fn start(
         upstream_port: u16,
         mode: BouncerMode,
         default_pool_size: u32,
+    ) -> Result<Self, ClusterError> {
+        Self::start_with(upstream_port, mode, default_pool_size, 10)
+    }
+
+    /// [`PgBouncer::start`] with PgBouncer's `query_wait_timeout` in seconds (its own default
+    /// is 120: a large fleet on a small pool queues for longer than a test would wait).
+    pub fn start_with(
+        upstream_port: u16,
+        mode: BouncerMode,
+        default_pool_size: u32,
+        query_wait_timeout: u32,
     ) -> Result<Self, ClusterError> {
         let io = |what: &str| {
             let what = what.to_string();
@@ -79,7 +91,7 @@ max_client_conn = 2000
 server_reset_query = DISCARD ALL
 server_check_delay = 0
 server_login_retry = 1
-query_wait_timeout = 10
+query_wait_timeout = {query_wait_timeout}
 logfile = {log}
 pidfile = {pid}
 ",

@@ -315,3 +315,71 @@ async fn a_remote_outage_behind_pgbouncer_loses_nothing_and_the_next_run_complet
         .await
         .unwrap();
 }
+
+/// `meter-sync upload` as a process of its own with `vars`, its log in `log`; its exit code.
+fn upload_process(vars: &[(String, String)], log: &std::path::Path) -> Option<i32> {
+    std::process::Command::new(env!("CARGO_BIN_EXE_meter-sync"))
+        .arg("upload")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .current_dir(std::env::temp_dir())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .status()
+        .unwrap()
+        .code()
+}
+
+#[tokio::test]
+async fn agent_processes_in_turn_on_one_server_connection_in_transaction_mode() {
+    // Every process names its prepared statements s0, s1, ... from zero; on the server
+    // connection the pooler lends it, the statements another client left there must not refuse
+    // its own ("prepared statement \"s5\" already exists", seen with 200 agent processes).
+    let (env, _profile) = upload_env("pool_procs", &[]).await;
+    let bouncer = bouncer(BouncerMode::Transaction, 1).await;
+    let local = env.local.client().await;
+    let remote = env.remote.client().await;
+    // Another client leaves s0..s999 on the pool's one server connection.
+    let (other, connection) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(bouncer.port())
+        .user("postgres")
+        .dbname(&env.remote.name)
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let task = tokio::spawn(connection);
+    let leftovers: String = (0..1000)
+        .map(|i| format!("prepare s{i} as select {i};"))
+        .collect();
+    other.simple_query(&leftovers).await.unwrap();
+    drop(other);
+    let _ = task.await;
+    let vars = through(&env, &bouncer, "transaction", &[("BATCH_SIZE", "50")]);
+    let dir = tempfile::tempdir().unwrap();
+    for round in 0..3 {
+        insert_local_readings(&local, 120, 3, round * 1_000)
+            .await
+            .unwrap();
+        let (vars, log) = (vars.clone(), dir.path().join(format!("upload-{round}.log")));
+        let code = tokio::task::spawn_blocking(move || (upload_process(&vars, &log), log))
+            .await
+            .unwrap();
+        assert_eq!(
+            code.0,
+            Some(0),
+            "round {round}: {}",
+            std::fs::read_to_string(&code.1).unwrap_or_default()
+        );
+    }
+    assert_eq!(count(&local, "meter_readings").await, 0);
+    let row = remote
+        .query_one(
+            "select count(*), count(distinct (meter_id, timestamp, unit)) from meter_readings",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (360, 360));
+}

@@ -2,6 +2,7 @@
 //! rule and exponential backoff.
 
 mod raw;
+mod settings;
 mod tls;
 
 use std::future::Future;
@@ -12,6 +13,8 @@ use tokio_postgres::error::SqlState;
 
 use crate::config::{Config, DbConfig, PoolConfig, PoolMode, RetryConfig, Side};
 pub use raw::{copy_row, RawValue};
+use settings::{after_connect, timeouts};
+pub use settings::{timeout_settings, transaction_mode_prelude};
 pub use tls::TlsError;
 
 /// The `application_name` the service connects with (visible in `pg_stat_activity`).
@@ -239,33 +242,6 @@ pub fn driver_config(db: &DbConfig, pool: &PoolConfig) -> tokio_postgres::Config
     config
 }
 
-/// The statement timeout and the idle-in-transaction timeout in milliseconds, when set. One
-/// side's transaction waits idle while the other side runs a statement (up to the statement
-/// timeout), so the idle bound is twice that: otherwise a remote statement ending at its timeout
-/// would also kill the local transaction, and with it every entity of the run.
-fn timeouts(pool: &PoolConfig) -> Option<(u128, u128)> {
-    let ms = pool.statement_timeout.as_millis();
-    (ms > 0).then(|| (ms, ms.saturating_mul(2)))
-}
-
-/// The timeouts as `set` statements (`set local` with `local`), empty when none are set.
-pub fn timeout_settings(pool: &PoolConfig, local: bool) -> String {
-    let scope = if local { "set local" } else { "set" };
-    match timeouts(pool) {
-        Some((ms, idle)) => format!(
-            "{scope} statement_timeout = {ms}; {scope} idle_in_transaction_session_timeout = {idle}"
-        ),
-        None => String::new(),
-    }
-}
-
-/// What a new connection runs first: the timeouts in session mode (a pooler's session mode
-/// keeps one server connection per client connection, so a session setting stays with it).
-fn after_connect(db: &DbConfig, pool: &PoolConfig) -> Option<String> {
-    let settings = timeout_settings(pool, false);
-    (db.pool_mode == PoolMode::Session && !settings.is_empty()).then_some(settings)
-}
-
 /// Connects once and reads the server's version (what `check` reports per side).
 pub async fn server_version(db: &DbConfig, pool: &PoolConfig) -> Result<String, PgError> {
     let client = connect(db, pool).await?;
@@ -392,8 +368,8 @@ pub struct Pools {
     pub remote: Pool,
     pub local_db: DbConfig,
     pub remote_db: DbConfig,
-    /// `set local` of the timeouts, run at the start of every remote transaction behind a
-    /// pooler in transaction mode (empty otherwise: the session has them).
+    /// What every remote transaction runs first behind a pooler in transaction mode
+    /// ([`transaction_mode_prelude`]; empty otherwise: the session has the timeouts).
     pub remote_transaction_settings: String,
 }
 
@@ -401,7 +377,7 @@ impl Pools {
     /// Builds both pools from the configuration.
     pub fn new(config: &Config) -> Result<Self, PgError> {
         let remote_transaction_settings = match config.remote.pool_mode {
-            PoolMode::Transaction => timeout_settings(&config.pool, true),
+            PoolMode::Transaction => transaction_mode_prelude(&config.pool),
             _ => String::new(),
         };
         Ok(Self {
