@@ -140,3 +140,50 @@ pub fn median(mut times: Vec<Duration>) -> Duration {
     times.sort();
     times[times.len() / 2]
 }
+
+/// `/proc/<pid>/stat` fields after the command name: (ppid, utime + stime, cutime + cstime) in
+/// clock ticks.
+fn proc_stat(pid: i32) -> Option<(i32, u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold spaces: fields start after the last ')'.
+    let rest = &text[text.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let number = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+    // After the name: state(0) ppid(1) ... utime(11) stime(12) cutime(13) cstime(14).
+    Some((
+        fields.get(1)?.parse().ok()?,
+        number(11)? + number(12)?,
+        number(13)? + number(14)?,
+    ))
+}
+
+/// The CPU seconds the server processes of the cluster `client` is connected to have used so
+/// far: the postmaster's own and those of its children that ended (reaped into its `cutime`
+/// and `cstime`), plus its live children's. Linux reports them in USER_HZ ticks (100 per
+/// second). Sample after the measured work's connections have closed, so each ended backend
+/// is counted once.
+pub async fn server_cpu_seconds(client: &tokio_postgres::Client) -> f64 {
+    let backend: i32 = client
+        .query_one("select pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let (postmaster, _, _) = proc_stat(backend).expect("the server runs on this machine");
+    let (_, own, reaped) = proc_stat(postmaster).unwrap();
+    let mut ticks = own + reaped;
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if let Some((parent, used, _)) = proc_stat(pid) {
+            if parent == postmaster {
+                ticks += used;
+            }
+        }
+    }
+    ticks as f64 / 100.0
+}

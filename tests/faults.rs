@@ -14,8 +14,8 @@ use meter_sync::service::Service;
 use crate::support::proxy::{FaultProxy, Mode};
 use crate::support::{
     block_remote_readings, clusters, config_from, count, download, download_with,
-    load_remote_fixture, migrate_local, rows_text, run_now, table_checksum, upload, upload_env,
-    upload_with, TestDb, TestEnv, READINGS_MULTISET,
+    load_remote_fixture, migrate_local, rows_text, run_now, start_ledger_epoch, table_checksum,
+    upload, upload_env, upload_with, TestDb, TestEnv, UploadPath, READINGS_MULTISET,
 };
 
 /// A small deterministic generator (xorshift64*), seeded from `FAULT_SEED` or the clock.
@@ -76,13 +76,12 @@ async fn with_cut<T>(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn upload_through_cut_links_loses_and_doubles_nothing() {
+async fn upload_through_cut_links_loses_and_doubles_nothing(label: &str, path: UploadPath) {
     let proxy = FaultProxy::start(clusters().remote.port()).await;
     let port = proxy.port().to_string();
     let points = fault_points();
-    let (env, profile) = upload_env(
-        "fault_up_cut",
+    let (env, _) = upload_env(
+        label,
         &[
             ("POSTGRES_CLIENT_PORT", &port),
             ("BATCH_SIZE", "250"),
@@ -92,12 +91,17 @@ async fn upload_through_cut_links_loses_and_doubles_nothing() {
         ],
     )
     .await;
+    let remote = env.remote.client().await;
+    let profile = path.prepare(&remote).await.profile;
     let local = env.local.client().await;
+    if path == UploadPath::Recorded {
+        start_ledger_epoch(&env.config, &profile, &local, &remote).await;
+    }
     insert_local_readings(&local, points as i64 * 2000 + 700, 9, 0)
         .await
         .unwrap();
     let expected = rows_text(&local, READINGS_MULTISET).await;
-    let mut rng = Rng::seeded("upload cuts");
+    let mut rng = Rng::seeded(&format!("upload cuts, {path:?}"));
     let (mut landed, mut failed) = (0, 0);
     for _ in 0..points {
         let at = rng.below(120_000);
@@ -125,12 +129,32 @@ async fn upload_through_cut_links_loses_and_doubles_nothing() {
     let report = upload_with(&clean, &profile).await;
     assert!(report.success(), "{report:#?}");
     assert_eq!(count(&local, "meter_readings").await, 0, "queue drained");
-    let remote = env.remote.client().await;
     assert_eq!(
         rows_text(&remote, READINGS_MULTISET).await,
         expected,
         "every reading on the remote exactly once"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_through_cut_links_with_a_unique_index() {
+    upload_through_cut_links_loses_and_doubles_nothing("fault_up_cut_idx", UploadPath::UniqueIndex)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_through_cut_links_with_the_ledger() {
+    upload_through_cut_links_loses_and_doubles_nothing("fault_up_cut_ledger", UploadPath::Recorded)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_through_cut_links_with_every_batch_checked() {
+    upload_through_cut_links_loses_and_doubles_nothing(
+        "fault_up_cut_every",
+        UploadPath::EveryBatch,
+    )
+    .await;
 }
 
 /// The checksums of the profile's local tables, in profile order.

@@ -632,11 +632,15 @@ async fn nullable_dedupe_columns_never_double_a_reading() {
             ))
             .await
             .unwrap();
+        // Every batch compared: the resend below is the site queueing the readings again, which
+        // only the anti-join (or the index) can recognise; the ledger's settling of uncertain
+        // batches runs the same anti-join.
         let text = r#"
 [readings]
 table = "meter_readings"
 order_by = ["read_at", "id"]
 dedupe_key = ["meter_id", "meter_element_id", "read_at"]
+resend_check = "every_batch"
 columns = [
     { name = "meter_id", type = "integer", nullable = false },
     { name = "meter_element_id", type = "integer" },

@@ -74,6 +74,8 @@ async fn migrate_creates_every_table_key_index_and_the_log_view() {
             "meter",
             "meter_readings",
             "meter_sync_schema_migrations",
+            "meter_sync_upload_epoch",
+            "meter_sync_upload_ledger",
             "register",
             "sync_logs",
             "tenant"

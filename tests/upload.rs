@@ -7,7 +7,10 @@ use meter_sync::fixture::insert_local_readings;
 use meter_sync::pgcluster::{ClusterOptions, PgCluster, StopMode};
 use meter_sync::profile::Profile;
 
-use crate::support::{connect, count, rows_text, upload, upload_env, READINGS_MULTISET};
+use crate::support::{
+    connect, count, rows_text, start_ledger_epoch, upload, upload_env, UploadPath,
+    READINGS_MULTISET,
+};
 
 #[tokio::test]
 async fn upload_moves_every_reading_once_and_empties_the_queue() {
@@ -42,15 +45,12 @@ async fn upload_moves_every_reading_once_and_empties_the_queue() {
     assert_eq!((again.uploaded, again.batches), (0, 0));
 }
 
-async fn resend_is_a_noop(label: &str, drop_unique_index: bool) {
-    let (env, profile) = upload_env(label, &[]).await;
+/// The same readings queued again (by the site, or left by an older process) are not sent
+/// twice where a unique index or the anti-join of every batch dedupes.
+async fn resend_is_a_noop(label: &str, path: UploadPath) {
+    let (env, _) = upload_env(label, &[]).await;
     let remote = env.remote.client().await;
-    if drop_unique_index {
-        remote
-            .batch_execute("drop index meter_readings_dedupe_idx; create index on meter_readings (meter_id, timestamp)")
-            .await
-            .unwrap();
-    }
+    let profile = path.prepare(&remote).await.profile;
     let local = env.local.client().await;
     insert_local_readings(&local, 120, 4, 0).await.unwrap();
     let original = rows_text(&local, READINGS_MULTISET).await;
@@ -75,12 +75,146 @@ async fn resend_is_a_noop(label: &str, drop_unique_index: bool) {
 
 #[tokio::test]
 async fn resend_is_a_noop_with_a_unique_index() {
-    resend_is_a_noop("up_resend_idx", false).await;
+    resend_is_a_noop("up_resend_idx", UploadPath::UniqueIndex).await;
 }
 
 #[tokio::test]
 async fn resend_is_a_noop_with_an_anti_join() {
-    resend_is_a_noop("up_resend_anti", true).await;
+    resend_is_a_noop("up_resend_anti", UploadPath::EveryBatch).await;
+}
+
+/// The ledger's records: (readings table, number of ids) per record.
+async fn ledger_records(local: &tokio_postgres::Client) -> Vec<(String, i64)> {
+    local
+        .query(
+            "select readings_table, cardinality(ids)::int8 from meter_sync_upload_ledger order by id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_ledger_adopts_a_queue_an_older_process_may_have_sent_and_settles_uncertain_batches() {
+    let (env, _) = upload_env("up_ledger", &[("BATCH_SIZE", "40")]).await;
+    let remote = env.remote.client().await;
+    let profile = UploadPath::Recorded.prepare(&remote).await.profile;
+    let local = env.local.client().await;
+    // An older process sent 50 readings and left them queued; 20 more came since.
+    insert_local_readings(&local, 50, 5, 0).await.unwrap();
+    insert_local_readings(&remote, 50, 5, 0).await.unwrap();
+    insert_local_readings(&local, 20, 5, 500).await.unwrap();
+    let expected = rows_text(&local, READINGS_MULTISET).await;
+    let first = upload(&env, &profile).await;
+    assert!(first.success(), "{first:#?}");
+    // The first run adopted the whole queue (2 records of at most 40) and compared it.
+    assert_eq!(
+        (
+            first.uploaded,
+            first.deduplicated,
+            first.removed,
+            first.batches
+        ),
+        (20, 50, 70, 2)
+    );
+    assert_eq!(rows_text(&remote, READINGS_MULTISET).await, expected);
+    assert!(ledger_records(&local).await.is_empty());
+    let epoch: i64 = local
+        .query_one("select count(*) from meter_sync_upload_epoch", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(epoch, 1);
+
+    // From now on batches go straight in: 100 new readings, no comparison.
+    insert_local_readings(&local, 100, 5, 1_000).await.unwrap();
+    let recorded = upload(&env, &profile).await;
+    assert!(recorded.success(), "{recorded:#?}");
+    assert_eq!(
+        (recorded.uploaded, recorded.deduplicated, recorded.batches),
+        (100, 0, 3)
+    );
+    assert!(ledger_records(&local).await.is_empty());
+
+    // As if the local removal of 30 of them had been lost after their remote commit: they
+    // are queued again under their batch's record. The next run settles the record first
+    // (nothing sent twice), then sends 10 new readings straight in.
+    insert_local_readings(&local, 30, 5, 1_000).await.unwrap();
+    local
+        .batch_execute(
+            "insert into meter_sync_upload_ledger (readings_table, ids)
+             select '\"meter_readings\"', array_agg(id::text) from meter_readings",
+        )
+        .await
+        .unwrap();
+    insert_local_readings(&local, 10, 5, 2_000).await.unwrap();
+    let settled = upload(&env, &profile).await;
+    assert!(settled.success(), "{settled:#?}");
+    assert_eq!(
+        (settled.uploaded, settled.deduplicated, settled.removed),
+        (10, 30, 40)
+    );
+    assert!(ledger_records(&local).await.is_empty());
+    let row = remote
+        .query_one(
+            "select count(*), count(distinct (meter_id, timestamp, unit)) from meter_readings",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (180, 180));
+
+    // What the ledger cannot know (README): the site queueing a reading it already sent, under
+    // no record, goes straight in again. `resend_check = "every_batch"` or a unique index
+    // catches that; here it shows these batches took the recorded path.
+    insert_local_readings(&local, 3, 5, 2_000).await.unwrap();
+    let again = upload(&env, &profile).await;
+    assert_eq!((again.uploaded, again.deduplicated), (3, 0));
+    remote
+        .batch_execute("delete from meter_readings a using meter_readings b where (a.meter_id, a.timestamp, a.unit) = (b.meter_id, b.timestamp, b.unit) and a.id > b.id")
+        .await
+        .unwrap();
+
+    // A unique index on the remote ends the epoch: a later return to the ledger adopts again.
+    remote
+        .batch_execute("create unique index meter_readings_dedupe_idx on meter_readings (meter_id, timestamp, unit)")
+        .await
+        .unwrap();
+    insert_local_readings(&local, 5, 5, 3_000).await.unwrap();
+    assert_eq!(upload(&env, &profile).await.uploaded, 5);
+    let epoch: i64 = local
+        .query_one("select count(*) from meter_sync_upload_epoch", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(epoch, 0);
+}
+
+#[tokio::test]
+async fn a_restored_site_database_is_adopted_again() {
+    let (env, _) = upload_env("up_restored", &[]).await;
+    let remote = env.remote.client().await;
+    let profile = UploadPath::Recorded.prepare(&remote).await.profile;
+    let local = env.local.client().await;
+    start_ledger_epoch(&env.config, &profile, &local, &remote).await;
+    insert_local_readings(&local, 60, 3, 0).await.unwrap();
+    assert_eq!(upload(&env, &profile).await.uploaded, 60);
+    // A backup from before that upload restored: the 60 readings queued again, with the
+    // epoch of the database the backup was taken on (another identity).
+    insert_local_readings(&local, 60, 3, 0).await.unwrap();
+    local
+        .batch_execute(
+            "update meter_sync_upload_epoch set database_identity = 'another/16384/00000001'",
+        )
+        .await
+        .unwrap();
+    let report = upload(&env, &profile).await;
+    assert!(report.success(), "{report:#?}");
+    assert_eq!((report.uploaded, report.deduplicated), (0, 60));
+    assert_eq!(count(&remote, "meter_readings").await, 60);
 }
 
 #[tokio::test]
@@ -247,23 +381,25 @@ async fn two_upload_processes_on_one_database_never_double_a_reading() {
     assert_eq!(rows_text(&remote, READINGS_MULTISET).await, original);
 }
 
-#[tokio::test]
-async fn killing_the_uploader_at_random_moments_loses_and_doubles_nothing() {
-    let (env, profile) = upload_env("up_crash", &[]).await;
+async fn killing_the_uploader_at_random_moments_loses_and_doubles_nothing(
+    label: &str,
+    path: UploadPath,
+) {
+    let (env, _) = upload_env(label, &[]).await;
     let remote = env.remote.client().await;
-    // The anti-join path (no unique index): the engine itself must make resends harmless.
-    remote
-        .batch_execute("drop index meter_readings_dedupe_idx; create index on meter_readings (meter_id, timestamp)")
-        .await
-        .unwrap();
+    let path_profile = path.prepare(&remote).await;
+    let profile = path_profile.profile.clone();
     let local = env.local.client().await;
+    if path == UploadPath::Recorded {
+        start_ledger_epoch(&env.config, &profile, &local, &remote).await;
+    }
     insert_local_readings(&local, 20_000, 50, 0).await.unwrap();
     let original = rows_text(&local, READINGS_MULTISET).await;
     let points: u64 = std::env::var("CRASH_POINTS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
-    let vars = env.env(&[("BATCH_SIZE", "250")]);
+    let vars = env.env(&[("BATCH_SIZE", "250"), path_profile.var()]);
     let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
     for _ in 0..points {
         // A deterministic spread of kill moments between 0 and 400 ms.
@@ -297,7 +433,36 @@ async fn killing_the_uploader_at_random_moments_loses_and_doubles_nothing() {
 }
 
 #[tokio::test]
-async fn a_remote_outage_mid_run_loses_nothing_and_the_next_run_completes() {
+async fn killing_the_uploader_loses_and_doubles_nothing_with_a_unique_index() {
+    killing_the_uploader_at_random_moments_loses_and_doubles_nothing(
+        "up_crash_idx",
+        UploadPath::UniqueIndex,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn killing_the_uploader_loses_and_doubles_nothing_with_the_ledger() {
+    killing_the_uploader_at_random_moments_loses_and_doubles_nothing(
+        "up_crash_ledger",
+        UploadPath::Recorded,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn killing_the_uploader_loses_and_doubles_nothing_with_every_batch_checked() {
+    killing_the_uploader_at_random_moments_loses_and_doubles_nothing(
+        "up_crash_every",
+        UploadPath::EveryBatch,
+    )
+    .await;
+}
+
+async fn a_remote_outage_mid_run_loses_nothing_and_the_next_run_completes(
+    label: &str,
+    path: UploadPath,
+) {
     // A remote cluster of its own: this test stops it.
     let mut remote_cluster = tokio::task::spawn_blocking(|| {
         PgCluster::start(&ClusterOptions {
@@ -308,11 +473,8 @@ async fn a_remote_outage_mid_run_loses_nothing_and_the_next_run_completes() {
     })
     .await
     .unwrap();
-    let (mut env, profile) = upload_env(
-        "up_outage",
-        &[("BATCH_SIZE", "200"), ("MAX_QUERY_RETRIES", "1")],
-    )
-    .await;
+    let (mut env, _) =
+        upload_env(label, &[("BATCH_SIZE", "200"), ("MAX_QUERY_RETRIES", "1")]).await;
     let admin = connect(&remote_cluster, "postgres").await;
     admin
         .batch_execute("create database central")
@@ -325,7 +487,11 @@ async fn a_remote_outage_mid_run_loses_nothing_and_the_next_run_completes() {
         .unwrap();
     env.config.remote.port = remote_cluster.port();
     env.config.remote.dbname = "central".into();
+    let profile = path.prepare(&central).await.profile;
     let local = env.local.client().await;
+    if path == UploadPath::Recorded {
+        start_ledger_epoch(&env.config, &profile, &local, &central).await;
+    }
     insert_local_readings(&local, 30_000, 20, 0).await.unwrap();
     let original = rows_text(&local, READINGS_MULTISET).await;
     let run = {
@@ -368,6 +534,33 @@ async fn a_remote_outage_mid_run_loses_nothing_and_the_next_run_completes() {
     tokio::task::spawn_blocking(move || drop(remote_cluster))
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_remote_outage_loses_nothing_with_a_unique_index() {
+    a_remote_outage_mid_run_loses_nothing_and_the_next_run_completes(
+        "up_outage_idx",
+        UploadPath::UniqueIndex,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_remote_outage_loses_nothing_with_the_ledger() {
+    a_remote_outage_mid_run_loses_nothing_and_the_next_run_completes(
+        "up_outage_ledger",
+        UploadPath::Recorded,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_remote_outage_loses_nothing_with_every_batch_checked() {
+    a_remote_outage_mid_run_loses_nothing_and_the_next_run_completes(
+        "up_outage_every",
+        UploadPath::EveryBatch,
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -1,5 +1,5 @@
 //! The local schema: `meter-sync migrate`. A tracked list of the service's own migrations
-//! (`sync_logs`, the `meter_sync_log` view), then the tables of the active profile reconciled
+//! (`sync_logs`, the `meter_sync_log` view, the upload ledger), then the tables of the active profile reconciled
 //! with the catalog: missing enum types (defined as on the remote, read from its catalog),
 //! sequences, tables and columns are created, the readings queue's key and index completed or
 //! rebuilt, nothing else is ever dropped or altered, and a type that differs from the profile
@@ -22,10 +22,11 @@ struct Migration {
 }
 
 /// The service's own migrations. Append only: an applied migration must never change.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "sync_logs and meter_sync_log",
-    sql: "create table sync_logs (
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "sync_logs and meter_sync_log",
+        sql: "create table sync_logs (
     id bigserial primary key,
     sync_type varchar(50) not null,
     entity varchar(63),
@@ -48,7 +49,24 @@ select id, timestamp as synced_at, success,
        skipped as skipped_count, error_message, duration_ms
 from sync_logs
 where sync_type = 'download' and entity in ('meter', 'meters');",
-}];
+    },
+    Migration {
+        version: 2,
+        name: "the upload ledger",
+        sql: "create table meter_sync_upload_ledger (
+    id bigserial primary key,
+    readings_table text not null,
+    ids text[] not null,
+    written_at timestamptz not null default now()
+);
+create index meter_sync_upload_ledger_table_idx on meter_sync_upload_ledger (readings_table);
+create table meter_sync_upload_epoch (
+    readings_table text primary key,
+    database_identity text not null,
+    since timestamptz not null default now()
+);",
+    },
+];
 
 /// Why the local schema could not be brought up to date.
 #[derive(Debug, thiserror::Error)]

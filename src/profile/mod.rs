@@ -306,6 +306,20 @@ pub enum AfterUpload {
     Mark,
 }
 
+/// When an upload batch compares its readings with the remote's before inserting them
+/// (`resend_check`), where no unique index on the remote guards the dedupe key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ResendCheck {
+    /// Only readings whose earlier send is uncertain: each batch is recorded locally before its
+    /// remote commit and the record removed with the readings, so a reading still queued under
+    /// a record may be on the remote already, any other cannot.
+    #[default]
+    Uncertain,
+    /// Every batch, as if any queued reading might be on the remote already: for a queue that
+    /// some other process may also have sent from, or that may hold the same reading twice.
+    EveryBatch,
+}
+
 /// The readings table uploaded to the remote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadingsSpec {
@@ -322,6 +336,7 @@ pub struct ReadingsSpec {
     /// Columns that identify a reading on the remote: a resend with the same key is a no-op.
     pub dedupe_key: Vec<Ident>,
     pub after_upload: AfterUpload,
+    pub resend_check: ResendCheck,
     /// The readings column holding the tenant (`tenant_column`): NULLs are stamped with the
     /// site's tenant on the way up, readings of another tenant are quarantined, never sent.
     pub tenant_column: Option<Ident>,

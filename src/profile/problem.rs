@@ -72,6 +72,8 @@ pub enum Problem {
     Cycle { path: String },
     #[error("readings: after_upload `{value}` is not delete or mark")]
     BadAfterUpload { value: String },
+    #[error("readings: resend_check `{value}` is not uncertain or every_batch")]
+    BadResendCheck { value: String },
     #[error("entity `{entity}`: column `{column}` is reserved for the service's bookkeeping")]
     ReservedEntityColumn { entity: String, column: String },
     #[error("readings: column `{column}` is reserved for the service's bookkeeping")]

@@ -92,5 +92,6 @@ pub struct RawReadings {
     pub order_by: Option<OneOrMany>,
     pub dedupe_key: Option<OneOrMany>,
     pub after_upload: Option<String>,
+    pub resend_check: Option<String>,
     pub tenant_column: Option<String>,
 }

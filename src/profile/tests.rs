@@ -79,6 +79,10 @@ fn default_profile_loads_in_dependency_order() {
         ]
     );
     assert_eq!(readings.after_upload, AfterUpload::Delete);
+    assert_eq!(
+        readings.resend_check,
+        crate::profile::ResendCheck::Uncertain
+    );
 }
 
 #[test]
@@ -392,10 +396,15 @@ table = "meter_readings"
 dedupe_key = ["meter_id", "nope"]
 order_by = ["timestamp", "id"]
 after_upload = "archive"
+resend_check = "sometimes"
 columns = [{ name = "meter_id", type = "text" }, { name = "timestamp", type = "timestamp" }, { name = "is_synchronized", type = "boolean" }]
 "#;
     let found = problems(readings);
     let text = found.join("\n");
+    assert!(
+        text.contains("readings: resend_check `sometimes` is not uncertain or every_batch"),
+        "{text}"
+    );
     assert!(
         text.contains("readings: dedupe_key column `nope` is not in columns"),
         "{text}"

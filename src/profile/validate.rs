@@ -6,8 +6,8 @@ pub use super::problem::Problem;
 use super::raw::{RawColumn, RawEntity, RawProfile, RawReadings, RawReference};
 use super::{
     AfterUpload, ColumnSpec, Convert, DefaultFunction, DefaultValue, EntitySpec, Ident, OnMissing,
-    Profile, ReadingsSpec, Reference, RemoteQuery, RemoteSource, SqlType, TableName, TimeZone,
-    RESERVED_TABLES,
+    Profile, ReadingsSpec, Reference, RemoteQuery, RemoteSource, ResendCheck, SqlType, TableName,
+    TimeZone, RESERVED_TABLES,
 };
 
 /// Collects problems while building specs.
@@ -439,6 +439,16 @@ impl Checker {
                 None
             }
         };
+        let resend_check = match raw.resend_check.as_deref().unwrap_or("uncertain") {
+            "uncertain" => Some(ResendCheck::Uncertain),
+            "every_batch" => Some(ResendCheck::EveryBatch),
+            other => {
+                self.problems.push(Problem::BadResendCheck {
+                    value: other.to_string(),
+                });
+                None
+            }
+        };
         Some(ReadingsSpec {
             table: table?,
             remote_table: remote_table?,
@@ -447,6 +457,7 @@ impl Checker {
             order_by,
             dedupe_key,
             after_upload: after_upload?,
+            resend_check: resend_check?,
             tenant_column,
         })
     }

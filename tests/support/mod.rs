@@ -421,3 +421,85 @@ pub async fn run_now(
         .await
         .expect("the run ends with a result")
 }
+
+/// The three ways an upload batch reaches the remote; the tests of faults run on each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UploadPath {
+    /// A unique index on the remote within the dedupe key: COPY into the table, a resend
+    /// conflicts and goes through the stage.
+    UniqueIndex,
+    /// No unique index, `resend_check = "uncertain"`: COPY into the table under a ledger
+    /// record; recorded batches settled through the anti-join.
+    Recorded,
+    /// No unique index, `resend_check = "every_batch"`: every batch through the anti-join.
+    EveryBatch,
+}
+
+/// A path's profile, also as a file for `SYNC_PROFILE` of a child process.
+pub struct PathProfile {
+    pub profile: Profile,
+    pub file: tempfile::NamedTempFile,
+}
+
+impl PathProfile {
+    /// `SYNC_PROFILE=<file>`.
+    pub fn var(&self) -> (&'static str, &str) {
+        ("SYNC_PROFILE", self.file.path().to_str().unwrap())
+    }
+}
+
+impl UploadPath {
+    pub const ALL: [UploadPath; 3] = [
+        UploadPath::UniqueIndex,
+        UploadPath::Recorded,
+        UploadPath::EveryBatch,
+    ];
+
+    /// Gives the remote readings table (default layout) the path's indexes and returns the
+    /// path's profile (the default one, with `resend_check` set).
+    pub async fn prepare(self, remote: &tokio_postgres::Client) -> PathProfile {
+        if self != UploadPath::UniqueIndex {
+            remote
+                .batch_execute("drop index meter_readings_dedupe_idx; create index on meter_readings (meter_id, timestamp)")
+                .await
+                .unwrap();
+        }
+        let check = match self {
+            UploadPath::EveryBatch => "every_batch",
+            _ => "uncertain",
+        };
+        let text = meter_sync::profile::DEFAULT_PROFILE_TOML.replace(
+            "after_upload = \"delete\"\n",
+            &format!("after_upload = \"delete\"\nresend_check = \"{check}\"\n"),
+        );
+        assert!(text.contains("resend_check"), "the default profile changed");
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), &text).unwrap();
+        let profile = meter_sync::profile::Profile::parse(&text, "test profile").unwrap();
+        PathProfile { profile, file }
+    }
+}
+
+/// Starts the upload ledger's epoch (a first run adopts the whole queue, sending it through
+/// the anti-join): one reading uploaded and then removed from the remote, so the readings
+/// queued next take the recorded path.
+pub async fn start_ledger_epoch(
+    config: &Config,
+    profile: &Profile,
+    local: &tokio_postgres::Client,
+    remote: &tokio_postgres::Client,
+) {
+    local
+        .execute(
+            "insert into meter_readings (meter_id, timestamp, value, unit) values ('epoch', '2000-01-01', 0, 'kWh')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let report = upload_with(config, profile).await;
+    assert!(report.success() && report.uploaded == 1, "{report:#?}");
+    remote
+        .execute("delete from meter_readings where meter_id = 'epoch'", &[])
+        .await
+        .unwrap();
+}

@@ -4,6 +4,7 @@
 //! formats SQL from data.
 
 mod download;
+pub mod ledger;
 mod upload;
 
 pub use download::*;

@@ -133,8 +133,25 @@ returning {id}::text, sync_error",
 /// LOCKED`, so a concurrent uploader skips them) until the local transaction ends; the local
 /// id, then the uploaded columns.
 pub fn claim_batch(readings: &ReadingsSpec, outgoing: &Outgoing) -> String {
+    claim_batch_from(readings, outgoing, None)
+}
+
+/// [`claim_batch`] of the readings whose ids are in `$2` (text, read as `id_type`, the id
+/// column's type): a ledger record's.
+pub fn claim_batch_ids(readings: &ReadingsSpec, outgoing: &Outgoing, id_type: &str) -> String {
+    claim_batch_from(readings, outgoing, Some(id_type))
+}
+
+fn claim_batch_from(readings: &ReadingsSpec, outgoing: &Outgoing, ids: Option<&str>) -> String {
+    let among = match ids {
+        Some(id_type) => format!(
+            " and {} = any($2::text[]::{id_type}[])",
+            readings.id_column.quoted()
+        ),
+        None => String::new(),
+    };
     format!(
-        "select {id}, {cols} from {table} where {queued} order by {order} limit $1 for update skip locked",
+        "select {id}, {cols} from {table} where {queued}{among} order by {order} limit $1 for update skip locked",
         id = readings.id_column.quoted(),
         cols = outgoing.columns(readings),
         queued = outgoing.claimable(readings),
@@ -149,7 +166,17 @@ pub fn claim_batch(readings: &ReadingsSpec, outgoing: &Outgoing) -> String {
 /// the uploaded columns. It takes effect only when the local transaction commits, which
 /// happens after the remote commit.
 pub fn claim_and_remove(readings: &ReadingsSpec, outgoing: &Outgoing) -> String {
-    claim_and_remove_from(readings, outgoing, false)
+    claim_and_remove_from(readings, outgoing, Position::Head)
+}
+
+/// Where a claim takes its readings from.
+enum Position<'a> {
+    /// The head of the queue.
+    Head,
+    /// Past the key in `$2, $3, ...`.
+    After,
+    /// Among the ids in `$2` (text, read as this type, the id column's).
+    Ids(&'a str),
 }
 
 /// [`claim_and_remove`] starting past a position in the queue: only readings whose `order_by`
@@ -158,19 +185,30 @@ pub fn claim_and_remove(readings: &ReadingsSpec, outgoing: &Outgoing) -> String 
 /// of every reading already removed this run (dead until vacuum), which made a long drain of
 /// small batches slow down as it went.
 pub fn claim_and_remove_after(readings: &ReadingsSpec, outgoing: &Outgoing) -> String {
-    claim_and_remove_from(readings, outgoing, true)
+    claim_and_remove_from(readings, outgoing, Position::After)
 }
 
-/// Both claims return the local id, the uploaded columns, then the `order_by` key, in key order.
-fn claim_and_remove_from(readings: &ReadingsSpec, outgoing: &Outgoing, after: bool) -> String {
+/// [`claim_and_remove`] of the readings whose ids are in `$2` (text, read as `id_type`, the
+/// id column's type): the readings of a ledger record, whose earlier send is uncertain.
+pub fn claim_and_remove_ids(readings: &ReadingsSpec, outgoing: &Outgoing, id_type: &str) -> String {
+    claim_and_remove_from(readings, outgoing, Position::Ids(id_type))
+}
+
+/// The claims return the local id, the uploaded columns, then the `order_by` key, in key order.
+fn claim_and_remove_from(readings: &ReadingsSpec, outgoing: &Outgoing, from: Position) -> String {
     let order = column_list(&readings.order_by);
-    let position = if after {
-        let params: Vec<String> = (0..readings.order_by.len())
-            .map(|i| format!("${}", i + 2))
-            .collect();
-        format!(" and ({order}) > ({})", params.join(", "))
-    } else {
-        String::new()
+    let position = match from {
+        Position::Head => String::new(),
+        Position::After => {
+            let params: Vec<String> = (0..readings.order_by.len())
+                .map(|i| format!("${}", i + 2))
+                .collect();
+            format!(" and ({order}) > ({})", params.join(", "))
+        }
+        Position::Ids(id_type) => format!(
+            " and {} = any($2::text[]::{id_type}[])",
+            readings.id_column.quoted()
+        ),
     };
     let claim = format!(
         "select {id} from {table} where {queued}{position} order by {order} limit $1 for update skip locked",

@@ -48,9 +48,31 @@ pub(super) struct Session {
     /// In transaction mode, what opens the transaction of a COPY straight into the table
     /// (elsewhere that COPY commits by itself).
     pub(super) begin_table: Option<String>,
+    /// What opens a remote transaction (the recorded path's COPY commits only after its
+    /// ledger record).
+    pub(super) begin_remote: String,
+    /// With the upload ledger: the claims of a record's readings (locked, and removing) and
+    /// the removal of a record.
+    pub(super) by_ids: Option<ByIds>,
     /// Types of the claim's columns: the local id, then the uploaded columns (also the
     /// remote stage's layout).
     pub(super) types: Vec<Type>,
+}
+
+/// A session's statements for the readings of a ledger record.
+pub(super) struct ByIds {
+    pub(super) claim: Statement,
+    pub(super) claim_and_remove: Statement,
+    pub(super) forget: Statement,
+}
+
+/// Which readings a batch claims.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Claim<'a> {
+    /// From the head of the queue, or past the worker's previous batch.
+    Next(Option<&'a Key>),
+    /// A ledger record's (their earlier send is uncertain): the record, the readings' ids.
+    Record { id: i64, ids: &'a [String] },
 }
 
 impl Session {
@@ -117,6 +139,31 @@ impl Session {
             .await
             .map_err(on_local("prepare the removal"))?;
         let types = claim.columns().iter().map(|c| c.type_().clone()).collect();
+        let by_ids = match &plan.ledger {
+            Some(ledger) => Some(ByIds {
+                claim: local
+                    .prepare(&sql::claim_batch_ids(
+                        readings,
+                        &plan.outgoing,
+                        &ledger.id_type,
+                    ))
+                    .await
+                    .map_err(on_local("prepare the claim of a ledger record"))?,
+                claim_and_remove: local
+                    .prepare(&sql::claim_and_remove_ids(
+                        readings,
+                        &plan.outgoing,
+                        &ledger.id_type,
+                    ))
+                    .await
+                    .map_err(on_local("prepare the claim of a ledger record"))?,
+                forget: local
+                    .prepare(sql::ledger::FORGET)
+                    .await
+                    .map_err(on_local("prepare the removal of a ledger record"))?,
+            }),
+            None => None,
+        };
         Ok(Self {
             local: Some(local),
             remote: Some(remote),
@@ -129,6 +176,8 @@ impl Session {
             insert_sql,
             begin_stage,
             begin_table,
+            begin_remote: pools.remote_begin(),
+            by_ids,
             types,
         })
     }
@@ -158,11 +207,11 @@ pub(super) async fn begin_claim(
     local: &Client,
     session: &Session,
     request: UploadRequest<'_>,
-    after: Option<&Key>,
+    claim: Claim<'_>,
 ) -> Result<RowStream, PgError> {
     let (begin, rows) = tokio::join!(
         local.batch_execute(BEGIN_LOCAL),
-        claim_and_remove(local, session, request, after)
+        claim_and_remove(local, session, request, claim)
     );
     begin.map_err(on_local("begin the batch"))?;
     rows.map_err(on_local("claim queued readings"))
@@ -174,12 +223,24 @@ pub(super) async fn begin_claim_locked(
     local: &Client,
     session: &Session,
     request: UploadRequest<'_>,
+    claim: Claim<'_>,
 ) -> Result<RowStream, PgError> {
     let limit = i64::from(request.batch_size);
-    let (begin, rows) = tokio::join!(
-        local.batch_execute(BEGIN_LOCAL),
-        local.query_raw(&session.claim, [&limit as &(dyn ToSql + Sync)])
-    );
+    let claimed = async {
+        match (claim, &session.by_ids) {
+            (Claim::Record { ids, .. }, Some(by_ids)) => {
+                let limit = ids.len() as i64;
+                let params: [&(dyn ToSql + Sync); 2] = [&limit, &ids];
+                local.query_raw(&by_ids.claim, params).await
+            }
+            _ => {
+                local
+                    .query_raw(&session.claim, [&limit as &(dyn ToSql + Sync)])
+                    .await
+            }
+        }
+    };
+    let (begin, rows) = tokio::join!(local.batch_execute(BEGIN_LOCAL), claimed);
     begin.map_err(on_local("begin the batch"))?;
     rows.map_err(on_local("claim queued readings"))
 }
@@ -198,8 +259,11 @@ pub(super) async fn end_local(
 pub(super) enum Destination {
     /// The remote temporary stage (local id and columns).
     Stage,
-    /// The remote readings table itself (columns only).
+    /// The remote readings table itself (columns only), committed by the COPY itself.
     Table,
+    /// The remote readings table inside a remote transaction left open for the caller to
+    /// commit.
+    TableInTransaction,
 }
 
 /// Streams the claimed rows to the remote as they arrive (into the stage inside a new remote
@@ -215,7 +279,9 @@ pub(super) async fn send(
 ) -> Result<(Vec<RawValue>, Option<Key>), PgError> {
     let (stage, positioned) = match destination {
         Destination::Stage => (sql::copy_into_upload_stage(readings), true),
-        Destination::Table => (sql::copy_into_remote_readings(readings), false),
+        Destination::Table | Destination::TableInTransaction => {
+            (sql::copy_into_remote_readings(readings), false)
+        }
     };
     let begin = match destination {
         // The stage lives in a transaction, committed with the insert that follows.
@@ -223,6 +289,7 @@ pub(super) async fn send(
         // Straight into the table: the COPY commits by itself, except behind a pooler in
         // transaction mode, where its prepare and its run must share one transaction.
         Destination::Table => session.begin_table.as_deref(),
+        Destination::TableInTransaction => Some(session.begin_remote.as_str()),
     };
     let sink = match begin {
         Some(begin) => {
@@ -285,15 +352,26 @@ pub(super) async fn send(
     Ok((ids, key))
 }
 
-/// Claims and removes one batch, from the head of the queue or past `after`.
+/// Claims and removes one batch, from the head of the queue, past `after`, or a ledger
+/// record's readings.
 async fn claim_and_remove(
     local: &tokio_postgres::Client,
     session: &Session,
     request: UploadRequest<'_>,
-    after: Option<&Key>,
+    claim: Claim<'_>,
 ) -> Result<tokio_postgres::RowStream, tokio_postgres::Error> {
     let limit = i64::from(request.batch_size);
     let mut params: Vec<&(dyn ToSql + Sync)> = vec![&limit];
+    let after = match (claim, &session.by_ids) {
+        (Claim::Record { ids, .. }, Some(by_ids)) => {
+            let limit = ids.len() as i64;
+            let params: [&(dyn ToSql + Sync); 2] = [&limit, &ids];
+            return local.query_raw(&by_ids.claim_and_remove, params).await;
+        }
+        (Claim::Next(after), _) => after,
+        // No ledger in this run: nothing is claimed by record.
+        (Claim::Record { .. }, None) => None,
+    };
     match after {
         Some(key) => {
             params.extend(key.iter().map(|v| v as &(dyn ToSql + Sync)));
@@ -302,5 +380,28 @@ async fn claim_and_remove(
                 .await
         }
         None => local.query_raw(&session.claim_and_remove, params).await,
+    }
+}
+
+impl Session {
+    /// Commits the batch's local transaction, removing the batch's ledger record (if any) with
+    /// its readings: pipelined, one round trip.
+    pub(super) async fn commit_local(
+        &self,
+        local: &Client,
+        record: Option<i64>,
+    ) -> Result<(), PgError> {
+        match (record, &self.by_ids) {
+            (Some(id), Some(by_ids)) => {
+                let params: [&(dyn ToSql + Sync); 1] = [&id];
+                let (forgot, commit) = tokio::join!(
+                    local.execute(&by_ids.forget, &params),
+                    local.batch_execute("commit")
+                );
+                forgot.map_err(on_local("remove the batch's ledger record"))?;
+                commit.map_err(on_local("commit the batch"))
+            }
+            _ => end_local(local, "commit", "commit the batch").await,
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! The direct path, taken when a unique index on the remote guards the dedupe key.
 
-use super::claim::{begin_claim, end_local, send, Destination, Session};
+use super::claim::{begin_claim, end_local, send, Claim, Destination, Session};
 use super::workers::{BatchOutcome, Key};
 use super::{refused, UploadError, UploadRequest};
 use crate::config::Side;
@@ -27,7 +27,7 @@ pub(super) async fn batch(
     after: Option<&Key>,
 ) -> Result<Direct, UploadError> {
     let mut steps = Steps::new("upload", request.readings.table.bare());
-    let rows = begin_claim(local, session, request, after).await?;
+    let rows = begin_claim(local, session, request, Claim::Next(after)).await?;
     let sent = send(remote, session, rows, request.readings, Destination::Table).await;
     steps.done("claim and copy");
     // Behind a pooler in transaction mode the COPY ran in a transaction of its own.

@@ -1,7 +1,7 @@
 //! The upload half of `meter-sync check`: the readings columns checked on both sides by the type
 //! rule, the dedupe strategy chosen, and every statement of a batch prepared (the claims, the
-//! removal, the remote stage and insert, the bookkeeping), without claiming or sending a
-//! reading. The connections used are closed afterwards, taking the remote stage with them.
+//! removal, the remote stage and insert, the bookkeeping, the upload ledger's), without
+//! claiming or sending a reading. The connections used are closed afterwards, taking the remote stage with them.
 
 use super::claim::Session;
 use super::{plan, UploadError, UploadRequest};
@@ -35,6 +35,9 @@ pub async fn dry_run(pools: &Pools, request: UploadRequest<'_>) -> Result<(), Up
             .await
             .map_err(on_local("prepare the readings bookkeeping"))?;
     }
+    let recorded = plan.conflict_target.is_none()
+        && readings.resend_check == crate::profile::ResendCheck::Uncertain;
+    super::ledger::dry_run(&local, readings, &plan.outgoing, recorded).await?;
     let mut session = Session::open(pools, request, &plan).await?;
     session.discard();
     Ok(())

@@ -2,11 +2,15 @@
 //! forward, with nothing lost and nothing doubled whatever fails and whenever.
 //!
 //! Per batch: claim up to `BATCH_SIZE` queued readings, oldest first, with `FOR UPDATE SKIP
-//! LOCKED` (local transaction open); binary-COPY them into a remote temporary stage and insert
-//! those whose dedupe key the remote does not have yet (`ON CONFLICT DO NOTHING` on a unique
-//! index within the key, else an anti-join); commit the remote; then delete (or mark) exactly
-//! the claimed rows and commit locally. A fault between any two steps leaves the rows queued,
-//! and the resend is a no-op on the remote: at-least-once transport, exactly-once effect.
+//! LOCKED` (local transaction open); binary-COPY them to the remote; commit the remote; then
+//! delete (or mark) exactly the claimed rows and commit locally. A fault between any two steps
+//! leaves the rows queued, and the resend is a no-op on the remote: at-least-once transport,
+//! exactly-once effect. What makes the resend a no-op: a unique index on the remote within the
+//! dedupe key (the COPY goes straight into the table; a resend conflicts and goes through a
+//! stage with `ON CONFLICT DO NOTHING`); else the upload ledger (`ledger`: each batch recorded
+//! locally before its remote commit, so only a recorded batch's readings can be on the remote
+//! already, and only those go through the stage and an anti-join on the dedupe key); or, with
+//! `resend_check = "every_batch"`, the stage and the anti-join for every batch.
 //!
 //! A batch the remote refuses for its data (SQLSTATE classes 22 and 23) is split until the
 //! refused readings are found; the rest are uploaded, and each refused one counts an attempt and
@@ -17,15 +21,18 @@
 //!
 //! Rooms: `plan` (the checks and choices made once per run), `workers` (the batch loop of each
 //! worker and the run's tally), `claim` (a worker's connections, prepared claims and the stream
-//! of claimed rows to the remote), `direct` and `staged` (the two ways a batch reaches the
-//! remote), `refused` (finding and recording readings the remote refuses), `quarantine`
-//! (listing and releasing them), `report`.
+//! of claimed rows to the remote), `direct`, `recorded` and `staged` (the three ways a batch
+//! reaches the remote), `ledger` (the record of batches whose send may be uncertain),
+//! `refused` (finding and recording readings the remote refuses), `quarantine` (listing and
+//! releasing them), `report`.
 
 mod claim;
 mod direct;
 mod dry_run;
+mod ledger;
 mod plan;
 mod quarantine;
+mod recorded;
 mod refused;
 mod report;
 mod staged;
@@ -47,7 +54,7 @@ use crate::data::runlock;
 use crate::data::sql;
 use crate::engine::{Deadline, TimedOut};
 use crate::error::chain;
-use crate::profile::{AfterUpload, Profile, ReadingsSpec, TenantId};
+use crate::profile::{AfterUpload, Profile, ReadingsSpec, ResendCheck, TenantId};
 
 /// What to upload and how.
 #[derive(Debug, Clone, Copy)]
@@ -188,7 +195,11 @@ async fn drain(
         }
         _ => Vec::new(),
     };
-    let plan = plan::plan(pools, request, tenant).await?;
+    let mut plan = plan::plan(pools, request, tenant).await?;
+    let recorded =
+        plan.conflict_target.is_none() && readings.resend_check == ResendCheck::Uncertain;
+    plan.ledger =
+        ledger::Ledger::open(pools, local, readings, recorded, request.batch_size).await?;
     let unfit = plan::quarantine_unfit(local, readings, &plan).await?;
     // Workers drain concurrently, each with its own connections; SKIP LOCKED keeps their
     // batches apart. They share the batch budget; each stops at its own short batch, all stop
@@ -196,6 +207,7 @@ async fn drain(
     let shared = workers::Shared {
         tickets: AtomicU32::new(request.max_batches),
         stop: AtomicBool::new(false),
+        uncertain: AtomicBool::new(false),
         tally: Mutex::new(workers::Tally::default()),
     };
     shared
@@ -203,9 +215,17 @@ async fn drain(
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
         .quarantined_up_front(foreign.into_iter().chain(unfit).collect());
-    let workers =
-        (0..request.workers.max(1)).map(|_| workers::worker(pools, request, &plan, &shared));
-    let results = futures_util::future::join_all(workers).await;
+    // The batches whose earlier send is uncertain first: until they are settled, another
+    // claim could take their readings.
+    let results = match workers::settle_records(pools, request, &plan, &shared).await {
+        Ok(true) => {
+            let workers = (0..request.workers.max(1))
+                .map(|_| workers::worker(pools, request, &plan, &shared));
+            futures_util::future::join_all(workers).await
+        }
+        Ok(false) => Vec::new(),
+        Err(e) => vec![Err(e)],
+    };
     let tally = shared
         .tally
         .into_inner()

@@ -18,6 +18,9 @@ pub(super) struct Plan {
     pub(super) conflict_target: Option<Vec<Ident>>,
     /// How the claims read the readings for the remote.
     pub(super) outgoing: sql::Outgoing,
+    /// The upload ledger, when batches are recorded instead of each compared with the
+    /// remote's readings (no unique index, `resend_check = "uncertain"`); set after the plan.
+    pub(super) ledger: Option<super::ledger::Ledger>,
 }
 
 /// Checks the readings columns on both sides (the type rule: nothing may change or be refused
@@ -99,6 +102,7 @@ pub(super) async fn plan(
             conversions,
             tenant,
         },
+        ledger: None,
     })
 }
 

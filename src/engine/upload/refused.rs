@@ -6,7 +6,8 @@
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
-use super::claim::{begin_claim_locked, send, Destination, Session};
+use super::claim::{begin_claim_locked, send, Claim, Destination, Session};
+use super::ledger::Entry;
 use super::plan::Plan;
 use super::workers::BatchOutcome;
 use super::{ReadingId, RejectedReading, UploadError, UploadRequest};
@@ -31,13 +32,19 @@ pub(super) async fn batch(
     session: &Session,
     request: UploadRequest<'_>,
     plan: &Plan,
+    claim: Claim<'_>,
+    entry: Entry,
 ) -> Result<Option<BatchOutcome>, UploadError> {
     let readings = request.readings;
-    let rows = begin_claim_locked(local, session, request).await?;
+    let rows = begin_claim_locked(local, session, request, claim).await?;
     let (ids, _) = send(remote, session, rows, readings, Destination::Stage).await?;
     let insert = sql::insert_new_readings(readings, plan.conflict_target.as_deref(), true);
     let positions: Vec<i64> = (0..ids.len() as i64).collect();
     let (inserted, refused) = bisect(remote, &insert, positions).await?;
+    let record = match (entry, &plan.ledger) {
+        (Entry::New, Some(ledger)) if !ids.is_empty() => Some(ledger.record(&ids).await?),
+        _ => entry.existing(),
+    };
     remote
         .batch_execute("commit")
         .await
@@ -66,10 +73,10 @@ pub(super) async fn batch(
     let params: [&(dyn ToSql + Sync); 2] = [&ids, &refused_ids];
     let (removed, commit) = tokio::join!(
         local.execute(&session.remove, &params),
-        local.batch_execute("commit")
+        session.commit_local(local, record)
     );
     let removed = removed.map_err(on_local("remove uploaded readings"))?;
-    commit.map_err(on_local("commit the batch"))?;
+    commit?;
     Ok(Some(BatchOutcome {
         last_key: None,
         claimed: ids.len() as u64,

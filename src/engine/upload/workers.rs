@@ -6,9 +6,11 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use super::claim::Session;
+use super::claim::{Claim, Session};
 use super::direct::{self, Direct};
+use super::ledger::Entry;
 use super::plan::Plan;
+use super::recorded::{self, Recorded};
 use super::{staged, RejectedReading, UploadError, UploadReport, UploadRequest};
 use crate::data::pg::{Pools, RawValue};
 
@@ -36,6 +38,9 @@ pub(super) struct Shared {
     pub(super) tickets: AtomicU32,
     /// Set when a worker failed: the others stop after their current batch.
     pub(super) stop: AtomicBool,
+    /// Set when a batch failed with the ledger on: its readings may be on the remote and back
+    /// in the queue, so the run's further batches go through the anti-join.
+    pub(super) uncertain: AtomicBool,
     pub(super) tally: Mutex<Tally>,
 }
 
@@ -125,7 +130,16 @@ pub(super) async fn worker(
         let clock = Instant::now();
         let mut attempt = 0;
         let outcome = loop {
-            match batch(pools, request, plan, &mut session, after.as_ref()).await {
+            match batch(
+                pools,
+                request,
+                plan,
+                shared,
+                &mut session,
+                Claim::Next(after.as_ref()),
+            )
+            .await
+            {
                 Ok(outcome) => break outcome,
                 Err(e) if attempt < request.retry.max_retries && e.is_retryable() => {
                     let delay = request.retry.delay(attempt);
@@ -172,12 +186,13 @@ pub(super) async fn worker(
 }
 
 /// Uploads one batch with a fresh or reused session; a failed batch discards the session.
-async fn batch(
+pub(super) async fn batch(
     pools: &Pools,
     request: UploadRequest<'_>,
     plan: &Plan,
+    shared: &Shared,
     session: &mut Option<Session>,
-    after: Option<&Key>,
+    claim: Claim<'_>,
 ) -> Result<Option<BatchOutcome>, UploadError> {
     if session
         .as_ref()
@@ -190,32 +205,132 @@ async fn batch(
     };
     open.in_flight = true;
     let result = match (&open.local, &open.remote) {
-        (Some(local), Some(remote)) => batch_on(local, remote, open, request, plan, after).await,
+        (Some(local), Some(remote)) => {
+            batch_on(local, remote, open, request, plan, shared, claim).await
+        }
         _ => Ok(None),
     };
     open.in_flight = false;
     if result.is_err() {
+        // Before the connections close and the claimed readings go back to the queue.
+        if plan.ledger.is_some() {
+            shared.uncertain.store(true, Ordering::SeqCst);
+        }
         open.discard();
     }
     result
 }
 
 /// One batch on open connections: the direct path when a unique index guards the dedupe key,
-/// the staged path otherwise or when the direct copy was refused. Either way the local removal
-/// only takes effect with the local commit, never sent before the remote commit succeeded.
+/// the recorded path with the upload ledger, the staged path otherwise, for a ledger record's
+/// readings, or when the others were refused. Either way the local removal only takes effect
+/// with the local commit, never sent before the remote commit succeeded.
 async fn batch_on(
     local: &tokio_postgres::Client,
     remote: &tokio_postgres::Client,
     session: &Session,
     request: UploadRequest<'_>,
     plan: &Plan,
-    after: Option<&Key>,
+    shared: &Shared,
+    claim: Claim<'_>,
 ) -> Result<Option<BatchOutcome>, UploadError> {
+    let after = match claim {
+        Claim::Record { id, .. } => {
+            return staged::batch(
+                local,
+                remote,
+                session,
+                request,
+                plan,
+                claim,
+                Entry::Existing(id),
+            )
+            .await
+        }
+        Claim::Next(after) => after,
+    };
     if plan.conflict_target.is_some() {
         match direct::batch(local, remote, session, request, after).await? {
             Direct::Done(outcome) => return Ok(outcome),
             Direct::Refused => {}
         }
     }
-    staged::batch(local, remote, session, request, plan, after).await
+    let entry = match &plan.ledger {
+        Some(ledger) => {
+            if !shared.uncertain.load(Ordering::SeqCst) {
+                match recorded::batch(
+                    local,
+                    remote,
+                    session,
+                    request,
+                    ledger,
+                    &shared.uncertain,
+                    after,
+                )
+                .await?
+                {
+                    Recorded::Done(outcome) => return Ok(outcome),
+                    Recorded::Refused | Recorded::Uncertain => {}
+                }
+            }
+            Entry::New
+        }
+        None => Entry::Unrecorded,
+    };
+    staged::batch(local, remote, session, request, plan, claim, entry).await
+}
+
+/// Settles the ledger's records left by earlier faults, oldest first, each as one batch through
+/// the stage and the anti-join. Returns whether all were settled: when the batch budget runs
+/// out first, the run's workers must not start (their claims could take a record's readings).
+pub(super) async fn settle_records(
+    pools: &Pools,
+    request: UploadRequest<'_>,
+    plan: &Plan,
+    shared: &Shared,
+) -> Result<bool, UploadError> {
+    let Some(ledger) = &plan.ledger else {
+        return Ok(true);
+    };
+    let records = ledger.records().await?;
+    if records.is_empty() {
+        return Ok(true);
+    }
+    tracing::info!(
+        records = records.len(),
+        "settling the batches whose earlier send is uncertain through the anti-join"
+    );
+    let mut session: Option<Session> = None;
+    for (id, ids) in &records {
+        if shared
+            .tickets
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |t| t.checked_sub(1))
+            .is_err()
+        {
+            return Ok(false);
+        }
+        let clock = Instant::now();
+        let claim = Claim::Record { id: *id, ids };
+        let mut attempt = 0;
+        let outcome = loop {
+            match batch(pools, request, plan, shared, &mut session, claim).await {
+                Ok(outcome) => break outcome,
+                Err(e) if attempt < request.retry.max_retries && e.is_retryable() => {
+                    let delay = request.retry.delay(attempt);
+                    tracing::warn!(attempt = attempt + 1, max = request.retry.max_retries, delay_ms = delay.as_millis() as u64, error = %e, "settling a ledger record failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        if let Some(outcome) = outcome {
+            shared
+                .tally
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .add(outcome, clock.elapsed());
+        }
+    }
+    Ok(true)
 }
