@@ -3,8 +3,10 @@
 //! Starts its own clusters, fills a remote `meter` table with `BENCH_ROWS` rows (default
 //! 1,000,000) for the site's tenant (plus as many for another tenant), and prints: the raw
 //! `COPY ... TO STDOUT | COPY ... FROM STDIN` pipe time between the same clusters, the cold
-//! mirror, a no-change resync and a 1%-changed resync, with rows/s and ratios, and the peak RSS
-//! of this process at 100,000 rows and at `BENCH_ROWS`.
+//! mirror, a no-change resync and a 1%-changed resync, with rows/s and ratios, the bytes each
+//! moves between the agent and the central in both directions (counted by a TCP proxy between
+//! them, which the raw pipe goes through too), and the peak RSS of this process at 100,000
+//! rows and at `BENCH_ROWS`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -28,8 +30,9 @@ struct Sites<'a> {
     profile: Profile,
 }
 
-/// One remote and one local database holding `rows` meters for tenant 1 (and as many for 2).
-async fn prepare(sites: &Sites<'_>, name: &str, rows: i64) -> Pools {
+/// One remote and one local database holding `rows` meters for tenant 1 (and as many for 2);
+/// the agent reaches the remote on `remote_port` (the cluster's, or a proxy's in front of it).
+async fn prepare(sites: &Sites<'_>, name: &str, rows: i64, remote_port: Option<u16>) -> Pools {
     create_db(sites.remote, name).await;
     create_db(sites.local, name).await;
     let remote = connect(sites.remote, name).await;
@@ -48,7 +51,11 @@ async fn prepare(sites: &Sites<'_>, name: &str, rows: i64) -> Pools {
     meter_sync::data::schema::migrate(&mut local, &sites.profile)
         .await
         .unwrap();
-    Pools::new(&config(sites.local, name, sites.remote, name, &[])).unwrap()
+    let mut config = config(sites.local, name, sites.remote, name, &[]);
+    if let Some(port) = remote_port {
+        config.remote.port = port;
+    }
+    Pools::new(&config).unwrap()
 }
 
 async fn mirror(pools: &Pools, profile: &Profile) -> (download::DownloadReport, Duration) {
@@ -78,8 +85,15 @@ async fn mirror(pools: &Pools, profile: &Profile) -> (download::DownloadReport, 
 }
 
 /// The baseline: the same rows piped with COPY into an unindexed table of the same columns.
-async fn raw_pipe(sites: &Sites<'_>, name: &str) -> (u64, Duration) {
-    let remote = connect(sites.remote, name).await;
+async fn raw_pipe(sites: &Sites<'_>, name: &str, remote_port: u16) -> (u64, Duration) {
+    let (remote, connection) = sites
+        .remote
+        .connect_config(name)
+        .port(remote_port)
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
     let local = connect(sites.local, name).await;
     local
         .batch_execute(&format!(
@@ -131,28 +145,36 @@ fn main() {
         println!("download benchmark: meter table, {rows} rows for the site's tenant (+{rows} for another tenant), PostgreSQL {version}, fsync off, both clusters and the agent on one 2-core machine; median of {repeat} runs each");
 
         // Peak RSS at the small size (the counter is reset before each measured phase).
-        let pools = prepare(&sites, "small", small).await;
+        let pools = prepare(&sites, "small", small, None).await;
         reset_peak_rss();
         let (report, took) = mirror(&pools, &sites.profile).await;
         let rss_small = peak_rss_mib();
         println!("cold mirror at {small} rows: {} ({}), peak RSS {rss_small:.1} MiB", secs(took), rate(report.entity("meter").unwrap().inserted as i64, took));
 
-        let pools = prepare(&sites, "large", rows).await;
+        // Everything between the agent (or the pipe) and the central passes the byte counter.
+        let counter = ByteCounter::start(remote.port()).await;
+        let pools = prepare(&sites, "large", rows, Some(counter.port())).await;
         let mut pipes = Vec::new();
+        let mut pipe_bytes = (0, 0);
         for _ in 0..repeat {
-            let (piped, took) = raw_pipe(&sites, "large").await;
+            let before = counter.bytes();
+            let (piped, took) = raw_pipe(&sites, "large", counter.port()).await;
+            pipe_bytes = delta(before, counter.bytes());
             assert_eq!(piped as i64, rows);
             pipes.push(took);
         }
         let pipe_time = median(pipes);
-        println!("raw pipe (COPY TO STDOUT | COPY FROM STDIN, binary, into an unindexed table): {} ({})", secs(pipe_time), rate(rows, pipe_time));
+        println!("raw pipe (COPY TO STDOUT | COPY FROM STDIN, binary, into an unindexed table): {} ({}), {}", secs(pipe_time), rate(rows, pipe_time), wire(pipe_bytes, None));
 
         let mut colds = Vec::new();
         let mut rss_large: f64 = 0.0;
+        let mut cold_bytes = (0, 0);
         for _ in 0..repeat {
             empty_local(&sites, "large").await;
             reset_peak_rss();
+            let before = counter.bytes();
             let (report, took) = mirror(&pools, &sites.profile).await;
+            cold_bytes = delta(before, counter.bytes());
             rss_large = rss_large.max(peak_rss_mib());
             let meter = report.entity("meter").unwrap();
             assert_eq!((meter.strategy, meter.inserted as i64), (download::Strategy::Cold, rows));
@@ -160,30 +182,36 @@ fn main() {
         }
         let cold = median(colds);
         println!(
-            "cold mirror: {} ({}), {:.2}x the raw pipe [target <= 1.5x], peak RSS {rss_large:.1} MiB",
+            "cold mirror: {} ({}), {:.2}x the raw pipe [target <= 1.5x], peak RSS {rss_large:.1} MiB, {}",
             secs(cold),
             rate(rows, cold),
-            cold.as_secs_f64() / pipe_time.as_secs_f64()
+            cold.as_secs_f64() / pipe_time.as_secs_f64(),
+            wire(cold_bytes, None)
         );
 
         let mut sames = Vec::new();
+        let mut same_bytes = (0, 0);
         for _ in 0..repeat {
+            let before = counter.bytes();
             let (report, took) = mirror(&pools, &sites.profile).await;
+            same_bytes = delta(before, counter.bytes());
             let meter = report.entity("meter").unwrap();
             assert_eq!((meter.strategy, meter.inserted, meter.updated, meter.deleted), (download::Strategy::Diff, 0, 0, 0));
             sames.push(took);
         }
         let same = median(sames);
         println!(
-            "no-change resync: {} ({}), {:.2}x the cold mirror [target <= 0.5x]",
+            "no-change resync: {} ({}), {:.2}x the cold mirror [goal <= 0.15x], {} [goal <= 1%]",
             secs(same),
             rate(rows, same),
-            same.as_secs_f64() / cold.as_secs_f64()
+            same.as_secs_f64() / cold.as_secs_f64(),
+            wire(same_bytes, Some(cold_bytes))
         );
 
         let remote_client = connect(&remote, "large").await;
         let mut ones = Vec::new();
         let mut changed = 0;
+        let mut one_bytes = (0, 0);
         for r in 0..repeat {
             changed = remote_client
                 .execute(
@@ -192,20 +220,44 @@ fn main() {
                 )
                 .await
                 .unwrap();
+            let before = counter.bytes();
             let (report, took) = mirror(&pools, &sites.profile).await;
+            one_bytes = delta(before, counter.bytes());
             assert_eq!(report.entity("meter").unwrap().updated, changed);
             ones.push(took);
         }
         let one_pct = median(ones);
         println!(
-            "1%-changed resync ({changed} rows updated): {} ({}), {:.2}x the cold mirror",
+            "1%-changed resync ({changed} rows updated): {} ({}), {:.2}x the cold mirror [goal <= 0.3x], {} [goal <= 3%]",
             secs(one_pct),
             rate(rows, one_pct),
-            one_pct.as_secs_f64() / cold.as_secs_f64()
+            one_pct.as_secs_f64() / cold.as_secs_f64(),
+            wire(one_bytes, Some(cold_bytes))
         );
         println!(
             "peak RSS: {rss_small:.1} MiB at {small} rows, {rss_large:.1} MiB at {rows} rows ({:+.0}%) [target <= 64 MiB, within 20%]",
             (rss_large / rss_small - 1.0) * 100.0
         );
     });
+}
+
+/// Bytes moved since `before`: (down, up).
+fn delta(before: (u64, u64), after: (u64, u64)) -> (u64, u64) {
+    (after.0 - before.0, after.1 - before.1)
+}
+
+/// `12.3 MB down, 0.1 MB up` (the last run's), with the share of the cold mirror's total.
+fn wire((down, up): (u64, u64), cold: Option<(u64, u64)>) -> String {
+    let mb = |b: u64| b as f64 / 1_000_000.0;
+    let share = cold.map_or(String::new(), |(cd, cu)| {
+        format!(
+            ", {:.2}% of the cold mirror's bytes",
+            (down + up) as f64 * 100.0 / (cd + cu) as f64
+        )
+    });
+    format!(
+        "on the wire {:.2} MB down, {:.2} MB up{share}",
+        mb(down),
+        mb(up)
+    )
 }

@@ -187,3 +187,88 @@ pub async fn server_cpu_seconds(client: &tokio_postgres::Client) -> f64 {
     }
     ticks as f64 / 100.0
 }
+
+/// A TCP proxy on 127.0.0.1 in front of a server that counts the bytes it forwards in each
+/// direction, for the figures of bytes on the wire; stops when dropped.
+pub struct ByteCounter {
+    port: u16,
+    /// Bytes from the server to the client (down) and from the client to the server (up).
+    down: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    up: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ByteCounter {
+    /// Listens on a free port and forwards every connection to `127.0.0.1:upstream`.
+    pub async fn start(upstream: u16) -> Self {
+        use std::sync::atomic::AtomicU64;
+        use std::sync::Arc;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (down, up) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (d, u) = (down.clone(), up.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let (d, u) = (d.clone(), u.clone());
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                    else {
+                        return;
+                    };
+                    let _ = client.set_nodelay(true);
+                    let _ = server.set_nodelay(true);
+                    let (cr, cw) = client.into_split();
+                    let (sr, sw) = server.into_split();
+                    tokio::join!(forward(cr, sw, u), forward(sr, cw, d));
+                });
+            }
+        });
+        Self {
+            port,
+            down,
+            up,
+            task,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// (down, up) bytes so far.
+    pub fn bytes(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering;
+        (
+            self.down.load(Ordering::Relaxed),
+            self.up.load(Ordering::Relaxed),
+        )
+    }
+}
+
+impl Drop for ByteCounter {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Copies `from` to `to`, counting the bytes, until either side closes.
+async fn forward(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    counter: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                counter.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                if to.write_all(&buffer[..n]).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = to.shutdown().await;
+}
