@@ -203,6 +203,19 @@ async fn check(
     }
 }
 
+/// The client backends on the central's database `central` now, but the asking connection's
+/// and the benchmark's own (backend `own`).
+pub(crate) async fn central_connections(sampler: &tokio_postgres::Client, own: i32) -> i64 {
+    sampler
+        .query_one(
+            "select count(*) from pg_stat_activity where datname = 'central' and backend_type = 'client backend' and pid <> pg_backend_pid() and pid <> $1",
+            &[&own],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
 /// Samples the central's client backends on database `central` every 20 ms until `done`,
 /// returning the most seen at once (the sampler's own connection and the benchmark's, backend
 /// `own`, not counted).
@@ -214,15 +227,7 @@ async fn peak_server_connections(
     let client = connect(central, "postgres").await;
     let mut peak = 0;
     while !done.load(std::sync::atomic::Ordering::Relaxed) {
-        let n: i64 = client
-            .query_one(
-                "select count(*) from pg_stat_activity where datname = 'central' and backend_type = 'client backend' and pid <> pg_backend_pid() and pid <> $1",
-                &[&own],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        peak = peak.max(n);
+        peak = peak.max(central_connections(&client, own).await);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     peak

@@ -16,7 +16,7 @@ use meter_sync::pgcluster::PgCluster;
 use meter_sync::profile::Profile;
 
 use super::support::{connect, create_db};
-use super::{queue, METERS};
+use super::{central_connections, queue, METERS};
 
 /// What one process fleet measured.
 pub struct Figures {
@@ -170,15 +170,7 @@ pub async fn run(
         .collect();
     let (mut peak_connections, mut rss_sum_kb) = (0i64, 0u64);
     while fleet.iter().any(|agent| agent.exited.is_none()) {
-        let connections: i64 = sampler
-            .query_one(
-                "select count(*) from pg_stat_activity where datname = 'central' and backend_type = 'client backend' and pid <> pg_backend_pid() and pid <> $1",
-                &[&own],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        peak_connections = peak_connections.max(connections);
+        peak_connections = peak_connections.max(central_connections(&sampler, own).await);
         let mut sum = 0;
         for agent in fleet.iter_mut().filter(|agent| agent.exited.is_none()) {
             if let Some((rss, hwm)) = memory_kb(agent.child.id()) {

@@ -49,14 +49,10 @@ pub(super) async fn batch(
             }
             end_local(local, "commit", "commit the batch").await?;
             steps.done("local commit");
-            let n = ids.len() as u64;
-            Ok(Direct::Done(Some(BatchOutcome {
+            Ok(Direct::Done(Some(BatchOutcome::copied(
+                ids.len(),
                 last_key,
-                claimed: n,
-                inserted: n,
-                removed: n,
-                rejected: Vec::new(),
-            })))
+            ))))
         }
         Err(e) if e.side() == Side::Remote && refused::is_refusal(e.code()) => {
             // The failed COPY rolled itself back on the remote (its transaction, in

@@ -61,6 +61,21 @@ async fn tables_exist(client: &tokio_postgres::Client) -> Result<bool, PgError> 
         .get(0))
 }
 
+/// The local id column's type, as SQL names it.
+async fn id_type(
+    client: &tokio_postgres::Client,
+    readings: &ReadingsSpec,
+) -> Result<String, PgError> {
+    Ok(client
+        .query_one(
+            ledger::SELECT_ID_TYPE,
+            &[&readings.table.quoted(), &readings.id_column.as_str()],
+        )
+        .await
+        .map_err(on_local("read the readings id's type"))?
+        .get(0))
+}
+
 impl Ledger {
     /// The ledger for this run, or `None` when the run checks every batch (`recorded` false: a
     /// unique index dedupes, or `resend_check = "every_batch"`; the table's epoch then ends) or
@@ -92,14 +107,7 @@ impl Ledger {
             .batch_execute("set synchronous_commit = on")
             .await
             .map_err(on_local("open the upload ledger"))?;
-        let id_type: String = client
-            .query_one(
-                ledger::SELECT_ID_TYPE,
-                &[&table, &readings.id_column.as_str()],
-            )
-            .await
-            .map_err(on_local("read the readings id's type"))?
-            .get(0);
+        let id_type = id_type(&client, readings).await?;
         let identity: String = client
             .query_one(ledger::SELECT_DATABASE_IDENTITY, &[])
             .await
@@ -189,15 +197,7 @@ pub(super) async fn dry_run(
     if !recorded || !tables_exist(local).await? {
         return Ok(());
     }
-    let table = readings.table.quoted();
-    let id_type: String = local
-        .query_one(
-            ledger::SELECT_ID_TYPE,
-            &[&table, &readings.id_column.as_str()],
-        )
-        .await
-        .map_err(on_local("read the readings id's type"))?
-        .get(0);
+    let id_type = id_type(local, readings).await?;
     local
         .query_one(ledger::SELECT_DATABASE_IDENTITY, &[])
         .await

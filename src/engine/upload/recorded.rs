@@ -68,14 +68,10 @@ pub(super) async fn batch(
             // record, to be settled through the anti-join.
             session.commit_local(local, Some(record)).await?;
             steps.done("local commit");
-            let n = ids.len() as u64;
-            Ok(Recorded::Done(Some(BatchOutcome {
+            Ok(Recorded::Done(Some(BatchOutcome::copied(
+                ids.len(),
                 last_key,
-                claimed: n,
-                inserted: n,
-                removed: n,
-                rejected: Vec::new(),
-            })))
+            ))))
         }
         Err(e) if e.side() == Side::Remote && refused::is_refusal(e.code()) => {
             roll_back(local, remote).await?;

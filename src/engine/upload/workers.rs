@@ -29,6 +29,21 @@ pub(super) struct BatchOutcome {
     pub(super) rejected: Vec<RejectedReading>,
 }
 
+impl BatchOutcome {
+    /// A batch COPYed straight into the remote table: every claimed reading inserted and
+    /// removed.
+    pub(super) fn copied(readings: usize, last_key: Option<Key>) -> Self {
+        let n = readings as u64;
+        Self {
+            last_key,
+            claimed: n,
+            inserted: n,
+            removed: n,
+            rejected: Vec::new(),
+        }
+    }
+}
+
 /// An `order_by` key, as the claim returned it.
 pub(super) type Key = Vec<RawValue>;
 
