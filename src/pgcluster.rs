@@ -212,10 +212,16 @@ impl PgCluster {
 
     /// A driver configuration for a database of this cluster, as the superuser.
     pub fn connect_config(&self, dbname: &str) -> tokio_postgres::Config {
+        self.connect_config_via(dbname, self.port)
+    }
+
+    /// [`connect_config`](Self::connect_config) through `port` on the same host (a proxy's
+    /// or a pooler's in front of the cluster).
+    pub fn connect_config_via(&self, dbname: &str, port: u16) -> tokio_postgres::Config {
         let mut config = tokio_postgres::Config::new();
         config
             .host(self.host())
-            .port(self.port)
+            .port(port)
             .user(SUPERUSER)
             .dbname(dbname)
             .application_name("meter-sync-harness");

@@ -4,8 +4,8 @@ use meter_sync::fixture::{FixtureSize, Layout};
 use meter_sync::profile::{db_sync_process_tenant_scoped_toml, Profile};
 
 use crate::support::{
-    count, database_checksum, default_env, download, load_remote_fixture, migrate_local, rows_text,
-    TestEnv,
+    count, database_checksum, default_env, download, load_remote_fixture, migrate_local,
+    quiet_default_env, rows_text, TestEnv,
 };
 
 const METER_COLUMNS: &str = "id, meter_element_id, device_id, name, type, serial_number, installation_date, location_id, ip, port, protocol, status, register_map, element, notes, active, created_at, updated_at";
@@ -456,12 +456,30 @@ async fn the_db_sync_process_profile_mirrors_varchar_keyed_tables() {
 }
 
 #[tokio::test]
-async fn cold_diff_and_full_strategies_are_chosen_by_how_much_changed() {
+async fn cold_incremental_diff_and_full_strategies_are_chosen_by_what_changed() {
     use meter_sync::engine::download::Strategy;
-    let (env, profile) = default_env("dl_strategy").await;
+    let (env, profile, _turn) = quiet_default_env("dl_strategy", &[]).await;
     let first = download(&env, &profile, Some("1"), &["meter"]).await;
     assert_eq!(first.entity("meter").unwrap().strategy, Strategy::Cold);
     let remote = env.remote.client().await;
+    let local = env.local.client().await;
+    let mirrored = || async {
+        assert_eq!(
+            rows_text(
+                &local,
+                &format!("select {METER_COLUMNS} from meter where active order by id")
+            )
+            .await,
+            rows_text(
+                &remote,
+                &format!(
+                    "select {METER_COLUMNS} from meter where tenant_id = 1 and active order by id"
+                )
+            )
+            .await,
+        );
+    };
+    // Rows written since the last run travel, and only they.
     remote
         .batch_execute("update meter set notes = 'few' where id in (2, 3)")
         .await
@@ -470,7 +488,7 @@ async fn cold_diff_and_full_strategies_are_chosen_by_how_much_changed() {
     let meter = few.entity("meter").unwrap();
     assert_eq!(
         (meter.strategy, meter.updated, meter.fetched),
-        (Strategy::Diff, 2, 25)
+        (Strategy::Incremental, 2, 2)
     );
     remote
         .batch_execute("update meter set notes = 'many' where tenant_id = 1 and id % 2 = 0")
@@ -478,19 +496,39 @@ async fn cold_diff_and_full_strategies_are_chosen_by_how_much_changed() {
         .unwrap();
     let many = download(&env, &profile, Some("1"), &["meter"]).await;
     let meter = many.entity("meter").unwrap();
-    assert_eq!((meter.strategy, meter.updated), (Strategy::Full, 12));
-    let local = env.local.client().await;
     assert_eq!(
-        rows_text(
-            &local,
-            &format!("select {METER_COLUMNS} from meter order by id")
+        (meter.strategy, meter.updated, meter.fetched),
+        (Strategy::Incremental, 12, 12)
+    );
+    mirrored().await;
+    // A deleted row leaves no version behind: the key summaries differ, and every row version
+    // is compared, in the same run.
+    remote
+        .batch_execute("delete from meter where id = 5")
+        .await
+        .unwrap();
+    let deleted = download(&env, &profile, Some("1"), &["meter"]).await;
+    let meter = deleted.entity("meter").unwrap();
+    assert_eq!(
+        (meter.strategy, meter.updated, meter.deleted),
+        (Strategy::Diff, 0, 1)
+    );
+    // More than a quarter changed and a row deleted: the diff stages every row instead.
+    remote
+        .batch_execute(
+            "update meter set notes = 'most' where tenant_id = 1 and id % 3 <> 0; delete from meter where id = 7",
         )
-        .await,
-        rows_text(
-            &remote,
-            &format!("select {METER_COLUMNS} from meter where tenant_id = 1 order by id")
-        )
-        .await,
+        .await
+        .unwrap();
+    let most = download(&env, &profile, Some("1"), &["meter"]).await;
+    let meter = most.entity("meter").unwrap();
+    assert_eq!((meter.strategy, meter.deleted), (Strategy::Full, 1));
+    mirrored().await;
+    let settled = download(&env, &profile, Some("1"), &["meter"]).await;
+    let meter = settled.entity("meter").unwrap();
+    assert_eq!(
+        (meter.strategy, meter.fetched, meter.updated, meter.deleted),
+        (Strategy::Incremental, 0, 0, 0)
     );
 }
 

@@ -13,6 +13,7 @@ mod download_props;
 mod faults;
 mod fixture;
 mod hostile;
+mod incremental;
 mod integrity;
 mod legacy;
 mod local_faults;

@@ -73,6 +73,7 @@ async fn migrate_creates_every_table_key_index_and_the_log_view() {
             "device_register",
             "meter",
             "meter_readings",
+            "meter_sync_download_state",
             "meter_sync_schema_migrations",
             "meter_sync_upload_epoch",
             "meter_sync_upload_ledger",

@@ -66,6 +66,22 @@ create table meter_sync_upload_epoch (
     since timestamptz not null default now()
 );",
     },
+    Migration {
+        version: 3,
+        name: "the download state",
+        sql: "create table meter_sync_download_state (
+    entity text primary key,
+    source_select text not null,
+    local_identity text not null,
+    remote_identity text,
+    local_horizon bigint not null,
+    local_next bigint not null,
+    local_xids bigint[] not null,
+    remote_horizon bigint not null,
+    remote_next bigint not null,
+    updated_at timestamptz not null default now()
+);",
+    },
 ];
 
 /// Why the local schema could not be brought up to date.

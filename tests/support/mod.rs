@@ -44,6 +44,37 @@ pub fn clusters() -> &'static Clusters {
     })
 }
 
+/// A third cluster, a central no other test writes to or holds a transaction open on, taken
+/// in turn: an incremental download fetches the rows written since the oldest transaction
+/// running at its last snapshot (cluster-wide), so only here do tests count those rows exactly.
+static QUIET: OnceLock<PgCluster> = OnceLock::new();
+static QUIET_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A test's turn on the quiet central: hold it for the whole test.
+pub struct QuietTurn(#[allow(dead_code)] tokio::sync::MutexGuard<'static, ()>);
+
+/// [`TestEnv::with_settings`] whose remote is the quiet central (see [`QUIET`]), with the
+/// default fixture and a migrated local database, for this test alone while the turn is held.
+pub async fn quiet_default_env(
+    label: &str,
+    extra: &[(&str, &str)],
+) -> (TestEnv, Profile, QuietTurn) {
+    let turn = QuietTurn(QUIET_TURN.lock().await);
+    let cluster = QUIET.get_or_init(|| {
+        PgCluster::start(&ClusterOptions {
+            label: "test-quiet-remote".into(),
+            keep: std::env::var_os("METER_SYNC_KEEP_CLUSTERS").is_some(),
+            ..ClusterOptions::default()
+        })
+        .unwrap_or_else(|e| panic!("cannot start the quiet test cluster: {e}"))
+    });
+    let env = TestEnv::on(label, cluster, extra).await;
+    load_remote_fixture(&env.remote, Layout::Default, FixtureSize::default()).await;
+    let profile = Profile::builtin_default().unwrap();
+    migrate_local(&env.local, &profile).await;
+    (env, profile, turn)
+}
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A database created for one test.
@@ -139,9 +170,13 @@ impl TestEnv {
 
     /// Fresh databases with extra configuration keys.
     pub async fn with_settings(label: &str, extra: &[(&str, &str)]) -> Self {
-        let c = clusters();
-        let local = TestDb::create(&c.local, &format!("{label}_l")).await;
-        let remote = TestDb::create(&c.remote, &format!("{label}_r")).await;
+        Self::on(label, &clusters().remote, extra).await
+    }
+
+    /// Fresh databases, the remote one on `remote`.
+    pub async fn on(label: &str, remote: &'static PgCluster, extra: &[(&str, &str)]) -> Self {
+        let local = TestDb::create(&clusters().local, &format!("{label}_l")).await;
+        let remote = TestDb::create(remote, &format!("{label}_r")).await;
         let config = Config::load(&Sources {
             env: env_for(&local, &remote, extra),
             ..Sources::default()

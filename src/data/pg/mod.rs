@@ -54,6 +54,10 @@ pub enum PgError {
         #[source]
         source: tokio_postgres::Error,
     },
+    /// The server answered with a value no PostgreSQL produces (never expected; named rather
+    /// than trusted).
+    #[error("{side} database: unexpected answer: {detail}")]
+    Unexpected { side: Side, detail: String },
 }
 
 impl PgError {
@@ -74,7 +78,7 @@ impl PgError {
             PgError::Connect { source, .. } | PgError::Query { source, .. } => is_retryable(source),
             PgError::ConnectTimeout { .. } => true,
             PgError::Pool { retryable, .. } => *retryable,
-            PgError::Tls(_) => false,
+            PgError::Tls(_) | PgError::Unexpected { .. } => false,
         }
     }
 
@@ -84,7 +88,8 @@ impl PgError {
             PgError::Connect { side, .. }
             | PgError::ConnectTimeout { side, .. }
             | PgError::Pool { side, .. }
-            | PgError::Query { side, .. } => *side,
+            | PgError::Query { side, .. }
+            | PgError::Unexpected { side, .. } => *side,
             PgError::Tls(e) => e.side(),
         }
     }

@@ -31,9 +31,12 @@ pub(super) async fn apply(
     steps: &mut Steps<'_>,
 ) -> Result<bool, EntityError> {
     let key_len = entity.key.len();
-    let collect = match &removal {
-        Removal::NotIn(present) => sql::collect_missing(entity, present),
-        Removal::Gone => sql::collect_gone(entity),
+    let (collect, present) = match &removal {
+        Removal::NotIn(present) => (
+            sql::collect_missing(entity, present),
+            Some(present.as_str()),
+        ),
+        Removal::Gone => (sql::collect_gone(entity), None),
     };
     if let Some(statement) = &collect {
         ltx.batch_execute(statement)
@@ -41,6 +44,11 @@ pub(super) async fn apply(
             .map_err(on_local("collect rows gone remotely"))?;
         check_mass_delete(ltx, entity, guard).await?;
         steps.done("collect rows gone remotely");
+    }
+    if let Some(statement) = sql::forget_versions(entity, present) {
+        ltx.batch_execute(&statement)
+            .await
+            .map_err(on_local("mark rows gone remotely as no longer mirrored"))?;
     }
     if let Some(statement) = sql::update_changed(entity) {
         report.updated = for_each_row(ltx, &statement, "update changed rows", |row| {

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use tokio_postgres::{IsolationLevel, Transaction};
 
-use super::{apply, entity, DownloadReport, DownloadRequest, EntityError, RunError};
+use super::{apply, entity, incremental, DownloadReport, DownloadRequest, EntityError, RunError};
 use crate::config::Side;
 use crate::data::pg::{on_local, PgError, Pools};
 use crate::data::sql;
@@ -43,6 +43,8 @@ pub(super) async fn attempt(
         .await
         .map_err(|e| PgError::query(Side::Local, "begin the download transaction", e))?;
     refuse_unknown_tenant(&rtx, request.profile, &tenant).await?;
+    // Both snapshots first: the local horizon must precede every local read of the run.
+    let clocks = incremental::read_clocks(&ltx, &rtx).await?;
     ltx.batch_execute(&format!(
         "{}; {}",
         sql::STABLE_TEXT_SETTINGS,
@@ -77,8 +79,17 @@ pub(super) async fn attempt(
         }
         let clock = Instant::now();
         savepoints(&ltx, &rtx, "savepoint meter_sync_entity").await?;
-        let outcome =
-            entity::sync(&ltx, &rtx, spec, &tenant, &targets, options, entity_report).await;
+        let outcome = entity::sync(
+            &ltx,
+            &rtx,
+            spec,
+            &tenant,
+            &targets,
+            options,
+            &clocks,
+            entity_report,
+        )
+        .await;
         entity_report.duration_ms = clock.elapsed().as_millis() as u64;
         match outcome {
             Ok(collected) => {
@@ -123,7 +134,13 @@ pub(super) async fn attempt(
         ltx.batch_execute("savepoint meter_sync_removal")
             .await
             .map_err(on_local("savepoint meter_sync_removal"))?;
-        match apply::remove_gone(&ltx, spec, entity_report).await {
+        let removed = match apply::remove_gone(&ltx, spec, entity_report).await {
+            Ok(()) => incremental::record_removal(&ltx, spec)
+                .await
+                .map_err(EntityError::from),
+            Err(e) => Err(e),
+        };
+        match removed {
             Ok(()) => {
                 ltx.batch_execute("release savepoint meter_sync_removal")
                     .await

@@ -25,6 +25,17 @@ const FULL_STAGE_FRACTION: f64 = 0.25;
 /// Keys fetched per remote query on the diff path.
 const FETCH_BATCH: usize = 10_000;
 
+/// What the diff compares.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Compare {
+    /// Both servers have `hash_record_extended` (14+).
+    pub(super) record_hash: bool,
+    /// Compare row hashes even where row versions exist: what the local rows hold is unknown.
+    pub(super) content: bool,
+    /// Also fetch and compare the suspects (local rows written by others since the last run).
+    pub(super) suspects: bool,
+}
+
 /// Stages what differs and says which local rows are gone remotely.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn stage(
@@ -32,15 +43,19 @@ pub(super) async fn stage(
     rtx: &Transaction<'_>,
     source: &Source<'_>,
     keyed: bool,
-    record_hash: bool,
     targets: &[Target<'_>],
+    compare: Compare,
     report: &mut EntityReport,
     steps: &mut Steps<'_>,
 ) -> Result<Removal, EntityError> {
     let entity = source.entity;
     // Diff: compare row versions or hashes, then fetch only what is new or changed.
     report.strategy = Strategy::Diff;
-    let kind = sql::ChangeCheck::for_entity(entity, source.versioned, record_hash);
+    let kind = sql::ChangeCheck::for_entity(
+        entity,
+        source.versioned && !compare.content,
+        compare.record_hash,
+    );
     let hash_stage = sql::hash_stage_name(entity);
     ltx.batch_execute(&sql::create_hash_stage(entity, kind))
         .await
@@ -66,6 +81,11 @@ pub(super) async fn stage(
     ltx.batch_execute(&sql::create_diff(entity, kind))
         .await
         .map_err(on_local("compare row versions"))?;
+    if compare.suspects {
+        ltx.batch_execute(&sql::need_suspects(entity))
+            .await
+            .map_err(on_local("queue the local rows written by others"))?;
+    }
     steps.done("compare");
     let need: i64 = ltx
         .query_one(&sql::count_need(entity), &[])
@@ -82,24 +102,36 @@ pub(super) async fn stage(
         ltx.batch_execute(&sql::index_keys(entity, &stage))
             .await
             .map_err(on_local("index the fetched rows"))?;
-        for statement in [
-            sql::skip_unreferenced_fetched(entity, targets),
-            sql::skip_unreferenced_unchanged(entity, targets),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            report.skipped += skip(ltx, &statement, entity, report).await?;
-        }
+        skip_unreferenced(ltx, entity, targets, report).await?;
         steps.done("fetch new and changed rows");
         Removal::Gone
     };
     Ok(removal)
 }
 
+/// Skips the fetched rows whose references are missing, and the unchanged local rows whose
+/// references are about to go (both marked gone in the diff).
+pub(super) async fn skip_unreferenced(
+    ltx: &Transaction<'_>,
+    entity: &crate::profile::EntitySpec,
+    targets: &[Target<'_>],
+    report: &mut EntityReport,
+) -> Result<(), PgError> {
+    for statement in [
+        sql::skip_unreferenced_fetched(entity, targets),
+        sql::skip_unreferenced_unchanged(entity, targets),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        report.skipped += skip(ltx, &statement, entity, report).await?;
+    }
+    Ok(())
+}
+
 /// Diff path: fetches the remote rows of the needed keys, batch by batch, into the stage.
 /// Values pass through as raw binary (the types were checked equal).
-async fn fetch_by_keys(
+pub(super) async fn fetch_by_keys(
     ltx: &Transaction<'_>,
     rtx: &Transaction<'_>,
     source: &Source<'_>,
@@ -140,27 +172,39 @@ async fn fetch_by_keys(
             .query_raw(&query, params)
             .await
             .map_err(on_remote("fetch changed rows"))?;
-        let sink = ltx
-            .copy_in::<_, Bytes>(&sql::copy_into_stage(entity))
-            .await
-            .map_err(on_local("write the stage table"))?;
-        let writer = BinaryCopyInWriter::new(sink, types);
-        let mut writer = pin!(writer);
-        let mut rows = pin!(rows);
-        while let Some(row) = rows
-            .try_next()
-            .await
-            .map_err(on_remote("fetch changed rows"))?
-        {
-            copy_row(writer.as_mut(), &row, 0..types.len())
-                .await
-                .map_err(on_local("write the stage table"))?;
-            fetched += 1;
-        }
-        writer
-            .as_mut()
-            .finish()
-            .await
-            .map_err(on_local("write the stage table"))?;
+        fetched += into_stage(ltx, entity, types, rows).await?;
     }
+}
+
+/// Streams remote rows (binary values of the stage's types) into the stage; returns how many.
+pub(super) async fn into_stage(
+    ltx: &Transaction<'_>,
+    entity: &crate::profile::EntitySpec,
+    types: &[tokio_postgres::types::Type],
+    rows: tokio_postgres::RowStream,
+) -> Result<u64, PgError> {
+    let sink = ltx
+        .copy_in::<_, Bytes>(&sql::copy_into_stage(entity))
+        .await
+        .map_err(on_local("write the stage table"))?;
+    let writer = BinaryCopyInWriter::new(sink, types);
+    let mut writer = pin!(writer);
+    let mut rows = pin!(rows);
+    let mut fetched = 0;
+    while let Some(row) = rows
+        .try_next()
+        .await
+        .map_err(on_remote("fetch changed rows"))?
+    {
+        copy_row(writer.as_mut(), &row, 0..types.len())
+            .await
+            .map_err(on_local("write the stage table"))?;
+        fetched += 1;
+    }
+    writer
+        .as_mut()
+        .finish()
+        .await
+        .map_err(on_local("write the stage table"))?;
+    Ok(fetched)
 }

@@ -1,12 +1,14 @@
 //! One entity's first pass: the remote's shape (a table with row versions? keyed by its primary
 //! key?), the column check, then the strategy: `cold` for an empty local table, `full` when
-//! asked (`download --full`), else `diff`; then the collected removals, updates and inserts.
+//! asked (`download --full`), `incremental` for a remote table (which falls back to `diff` when
+//! it cannot vouch for the rows), else `diff`; then the collected removals, updates and inserts.
 
 use tokio_postgres::types::Type;
 use tokio_postgres::Transaction;
 
 use super::apply::{self, Removal};
 use super::attempt::EntityOptions;
+use super::incremental::{self, Clocks};
 use super::{cold, columns, diff, full, EntityError, EntityReport, Strategy};
 use crate::data::convert::Conversion;
 use crate::data::pg::{on_local, on_remote};
@@ -31,6 +33,7 @@ pub(super) struct Source<'a> {
 
 /// Mirrors one entity inside the open transactions, all but the removal of rows gone remotely:
 /// returns whether those were collected (then [`remove_gone`] applies them).
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn sync(
     ltx: &Transaction<'_>,
     rtx: &Transaction<'_>,
@@ -38,6 +41,7 @@ pub(super) async fn sync(
     tenant: &TenantId,
     targets: &[Target<'_>],
     options: EntityOptions,
+    clocks: &Clocks,
     report: &mut EntityReport,
 ) -> Result<bool, EntityError> {
     let (versioned, keyed) = remote_shape(rtx, entity).await?;
@@ -66,9 +70,17 @@ pub(super) async fn sync(
             .await
             .map_err(on_local("look up the local foreign keys"))?
             .get(0);
+    // Entities read from a remote table keep state between runs (see `incremental`).
+    let tracking = match versioned {
+        true => Some(incremental::plan(ltx, entity, &source.remote_select, clocks).await?),
+        false => None,
+    };
     if empty && !constrained {
         report.strategy = Strategy::Cold;
         cold::sync(ltx, rtx, &source, targets, report).await?;
+        if let Some(tracking) = &tracking {
+            incremental::record(ltx, entity, &source.remote_select, clocks, tracking).await?;
+        }
         return Ok(false);
     }
 
@@ -80,20 +92,38 @@ pub(super) async fn sync(
         let present = full::stage(ltx, rtx, &source, targets, report).await?;
         steps.done("stage every row");
         Removal::NotIn(present)
-    } else {
-        diff::stage(
+    } else if let Some(tracking) = &tracking {
+        incremental::stage(
             ltx,
             rtx,
             &source,
             keyed,
             options.record_hash,
             targets,
+            &tracking.plan,
             report,
             &mut steps,
         )
         .await?
+    } else {
+        let compare = diff::Compare {
+            record_hash: options.record_hash,
+            ..diff::Compare::default()
+        };
+        diff::stage(
+            ltx, rtx, &source, keyed, targets, compare, report, &mut steps,
+        )
+        .await?
     };
     let collected = apply::apply(ltx, entity, removal, options.guard, report, &mut steps).await?;
+    if report.strategy == Strategy::Incremental {
+        ltx.batch_execute(sql::KEYED_JOINS_OFF)
+            .await
+            .map_err(on_local("plan joins freely again"))?;
+    }
+    if let Some(tracking) = &tracking {
+        incremental::record(ltx, entity, &source.remote_select, clocks, tracking).await?;
+    }
     drop_stages(ltx, entity).await?;
     Ok(collected)
 }
@@ -126,9 +156,10 @@ pub(super) async fn remote_shape(
 
 async fn drop_stages(ltx: &Transaction<'_>, entity: &EntitySpec) -> Result<(), EntityError> {
     ltx.batch_execute(&format!(
-        "{}; {}",
+        "{}; {}; {}",
         sql::drop_stage(entity),
-        sql::drop_diff_tables(entity)
+        sql::drop_diff_tables(entity),
+        sql::drop_incremental_tables(entity)
     ))
     .await
     .map_err(on_local("drop the stage tables"))?;

@@ -20,7 +20,8 @@
 //! Rooms: `attempt` (one try at the run: the two transactions, both passes), `entity` (one
 //! entity's first pass and the choice of strategy), `cold`, `diff` and `full` (the three
 //! strategies), `apply` (the collected removals, updates and inserts, the mass-delete guard),
-//! `rows` (streaming helpers and key checks), `columns` (the type rule on an entity's columns),
+//! `incremental` (rows written since the last run, on either side), `rows` (streaming helpers
+//! and key checks), `columns` (the type rule on an entity's columns),
 //! `report`.
 
 mod apply;
@@ -31,6 +32,7 @@ mod diff;
 mod dry_run;
 mod entity;
 mod full;
+mod incremental;
 mod report;
 mod rows;
 

@@ -22,6 +22,9 @@ pub enum Strategy {
     Diff,
     /// Every remote row staged and compared.
     Full,
+    /// Only the remote rows written since the last run, and the local rows written by others
+    /// since then, fetched and compared (row versions and snapshots of a remote table).
+    Incremental,
 }
 
 /// A row that was inserted.

@@ -9,10 +9,12 @@ use super::{column_list, converted_columns};
 mod apply;
 mod cold;
 mod diff;
+mod incremental;
 
 pub use apply::*;
 pub use cold::*;
 pub use diff::*;
+pub use incremental::*;
 
 /// The stage's name for an entity (temporary, dropped at commit).
 pub fn stage_name(entity: &EntitySpec) -> String {
@@ -50,15 +52,7 @@ pub fn remote_select(
         format!("null::bigint as {}", quote_ident(VERSION_COLUMN))
     };
     match &entity.remote {
-        RemoteSource::Table(table) => match &entity.tenant_column {
-            Some(tenant_column) => format!(
-                "select {columns}, {version} from {} where {} = {}",
-                table.quoted(),
-                tenant_column.quoted(),
-                tenant.literal()
-            ),
-            None => format!("select {columns}, {version} from {}", table.quoted()),
-        },
+        RemoteSource::Table(table) => table_select(entity, tenant, table, &columns, &version, None),
         RemoteSource::Query(query) => {
             format!(
                 "select {columns}, {version} from (\n{}\n) as remote_rows",
@@ -66,6 +60,29 @@ pub fn remote_select(
             )
         }
     }
+}
+
+/// `select {columns}, {tail} from table` restricted to the tenant and, if given, `condition`
+/// (on the table's own columns).
+fn table_select(
+    entity: &EntitySpec,
+    tenant: &TenantId,
+    table: &crate::profile::TableName,
+    columns: &str,
+    tail: &str,
+    condition: Option<&str>,
+) -> String {
+    let conditions: Vec<String> = entity
+        .tenant_column
+        .iter()
+        .map(|c| format!("{} = {}", c.quoted(), tenant.literal()))
+        .chain(condition.map(str::to_string))
+        .collect();
+    let filter = match conditions.is_empty() {
+        true => String::new(),
+        false => format!(" where {}", conditions.join(" and ")),
+    };
+    format!("select {columns}, {tail} from {}{filter}", table.quoted())
 }
 
 /// The first remote row (of the tenant) with a value that a checked column's target cannot
