@@ -38,7 +38,8 @@ pub(super) struct Session {
     pub(super) claim_and_remove_after: Statement,
     pub(super) remove: Statement,
     /// The insert of a whole stage, prepared once per session; `None` behind a pooler in
-    /// transaction mode, where a statement must be prepared in the transaction that runs it
+    /// transaction mode, where a statement must be prepared in the transaction that runs it, and
+    /// for the anti-join, which must be planned for the remote table as it is at each batch
     /// (`insert_sql`).
     pub(super) insert_all: Option<Statement>,
     pub(super) insert_sql: String,
@@ -112,11 +113,21 @@ impl Session {
                 .batch_execute(&sql::create_upload_stage(readings, false))
                 .await
                 .map_err(on_remote("create the upload stage"))?;
-            let insert_all = remote
-                .prepare(&insert_sql)
-                .await
-                .map_err(on_remote("prepare the insert"))?;
-            (Some(insert_all), "begin".to_string(), None)
+            // The anti-join's insert takes no parameters, so PostgreSQL would plan it once, for
+            // the table as it was then, and keep that plan for the session: into a central that
+            // started empty, a nested loop scanning the whole table for every staged reading
+            // (measured 0.01x the pipe). It is prepared per batch instead, planned for the table
+            // as it is. The conflict target's insert is planned the same whatever the size.
+            let insert_all = match plan.conflict_target {
+                Some(_) => Some(
+                    remote
+                        .prepare(&insert_sql)
+                        .await
+                        .map_err(on_remote("prepare the insert"))?,
+                ),
+                None => None,
+            };
+            (insert_all, "begin".to_string(), None)
         };
         let claim = local
             .prepare(&sql::claim_batch(readings, &plan.outgoing))

@@ -41,7 +41,8 @@ pub(super) async fn batch(
         r.map_err(on_remote("end the batch"))?;
         return Ok(None);
     }
-    // Behind a pooler in transaction mode the insert is prepared in this transaction.
+    // Behind a pooler in transaction mode, or for the anti-join, the insert is prepared (and
+    // planned) in this transaction.
     let insert = match &session.insert_all {
         Some(insert) => insert.clone(),
         None => remote
