@@ -22,11 +22,20 @@ from pg_attribute a where a.attrelid = to_regclass($1) and a.attname = $2 and no
 /// it), this database's oid, and the WAL timeline. A restore from a backup into another cluster
 /// or database, a point-in-time recovery and a failover to a standby each change it: the queue
 /// may then hold readings sent after the backup was taken, with their records lost.
-pub const SELECT_DATABASE_IDENTITY: &str = "select concat_ws('/',
+pub const SELECT_DATABASE_IDENTITY: &str = concat!("select ", database_identity!());
+
+/// The expression of [`SELECT_DATABASE_IDENTITY`], for the download's identity of the central
+/// too.
+macro_rules! database_identity {
+    () => {
+        "concat_ws('/',
     case when has_function_privilege('pg_control_system()', 'execute')
          then (select system_identifier::text from pg_control_system()) end,
     (select oid::text from pg_database where datname = current_database()),
-    substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))";
+    substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))"
+    };
+}
+pub(crate) use database_identity;
 
 /// The table's epoch: binds `$1` the readings table; returns the identity it was taken on.
 pub const SELECT_EPOCH: &str =

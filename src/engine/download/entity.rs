@@ -71,15 +71,15 @@ pub(super) async fn sync(
             .map_err(on_local("look up the local foreign keys"))?
             .get(0);
     // Entities read from a remote table keep state between runs (see `incremental`).
-    let tracking = match versioned {
+    let plan = match versioned {
         true => Some(incremental::plan(ltx, entity, &source.remote_select, clocks).await?),
         false => None,
     };
     if empty && !constrained {
         report.strategy = Strategy::Cold;
         cold::sync(ltx, rtx, &source, targets, report).await?;
-        if let Some(tracking) = &tracking {
-            incremental::record(ltx, entity, &source.remote_select, clocks, tracking).await?;
+        if let Some(plan) = &plan {
+            incremental::record(ltx, entity, &source.remote_select, clocks, plan).await?;
         }
         return Ok(false);
     }
@@ -92,7 +92,7 @@ pub(super) async fn sync(
         let present = full::stage(ltx, rtx, &source, targets, report).await?;
         steps.done("stage every row");
         Removal::NotIn(present)
-    } else if let Some(tracking) = &tracking {
+    } else if let Some(plan) = &plan {
         incremental::stage(
             ltx,
             rtx,
@@ -100,7 +100,7 @@ pub(super) async fn sync(
             keyed,
             options.record_hash,
             targets,
-            &tracking.plan,
+            plan,
             report,
             &mut steps,
         )
@@ -121,8 +121,8 @@ pub(super) async fn sync(
             .await
             .map_err(on_local("plan joins freely again"))?;
     }
-    if let Some(tracking) = &tracking {
-        incremental::record(ltx, entity, &source.remote_select, clocks, tracking).await?;
+    if let Some(plan) = &plan {
+        incremental::record(ltx, entity, &source.remote_select, clocks, plan).await?;
     }
     drop_stages(ltx, entity).await?;
     Ok(collected)

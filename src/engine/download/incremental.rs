@@ -75,11 +75,14 @@ pub(super) struct Suspects {
     own: Vec<i64>,
 }
 
-/// The plan for an entity and its own ids worth keeping.
-#[derive(Debug)]
-pub(super) struct Tracking {
-    pub(super) plan: Plan,
-    own: Vec<i64>,
+impl Plan {
+    /// The service's own local ids the stored state vouches for (none when it is not trusted).
+    fn own(&self) -> &[i64] {
+        match self {
+            Plan::Incremental { suspects, .. } | Plan::Versions { suspects } => &suspects.own,
+            Plan::Contents => &[],
+        }
+    }
 }
 
 /// Reads both snapshots and identities. An identity that cannot be read (a privilege, a
@@ -146,16 +149,13 @@ pub(super) async fn plan(
     entity: &EntitySpec,
     source_select: &str,
     clocks: &Clocks,
-) -> Result<Tracking, PgError> {
+) -> Result<Plan, PgError> {
     let Some(row) = ltx
         .query_opt(sql::SELECT_STATE, &[&entity.name.as_str()])
         .await
         .map_err(on_local("read the download state"))?
     else {
-        return Ok(Tracking {
-            plan: Plan::Contents,
-            own: Vec::new(),
-        });
+        return Ok(Plan::Contents);
     };
     let stored_select: String = row.get(0);
     let local_identity: String = row.get(1);
@@ -163,23 +163,19 @@ pub(super) async fn plan(
     let (local_horizon, local_next): (i64, i64) = (row.get(3), row.get(4));
     let own: Vec<i64> = row.get(5);
     let (remote_horizon, remote_next): (i64, i64) = (row.get(6), row.get(7));
-    let contents = Tracking {
-        plan: Plan::Contents,
-        own: Vec::new(),
-    };
     if local_identity != clocks.local_identity
         || !sql::within_reach(local_horizon, clocks.local.next, local_next)
         || stored_select != source_select
         || remote_identity != clocks.remote_identity
         || clocks.remote.next < remote_next
     {
-        return Ok(contents);
+        return Ok(Plan::Contents);
     }
     let suspects = Suspects {
         since: local_horizon,
-        own: own.clone(),
+        own,
     };
-    let plan = match &clocks.remote_identity {
+    Ok(match &clocks.remote_identity {
         Some(_) if sql::within_reach(remote_horizon, clocks.remote.next, remote_next) => {
             Plan::Incremental {
                 since: remote_horizon,
@@ -187,8 +183,7 @@ pub(super) async fn plan(
             }
         }
         _ => Plan::Versions { suspects },
-    };
-    Ok(Tracking { plan, own })
+    })
 }
 
 /// Stages what differs under the plan and says which local rows are gone remotely.
@@ -397,10 +392,10 @@ pub(super) async fn record(
     entity: &EntitySpec,
     source_select: &str,
     clocks: &Clocks,
-    tracking: &Tracking,
+    plan: &Plan,
 ) -> Result<(), PgError> {
-    let mut own: Vec<i64> = tracking
-        .own
+    let mut own: Vec<i64> = plan
+        .own()
         .iter()
         .copied()
         .filter(|&xid| sql::xid_at_or_after(xid, clocks.local.horizon))

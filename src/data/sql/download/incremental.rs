@@ -23,12 +23,11 @@ pub const SELECT_SNAPSHOT: &str =
 /// another cluster, a point-in-time recovery and a failover each change it, and then the ids a
 /// stored horizon speaks of may have been reused. NULL on a standby (its timeline cannot be read
 /// without privileges); then no horizon is trusted.
-pub const SELECT_REMOTE_IDENTITY: &str =
-    "select case when pg_is_in_recovery() then null else concat_ws('/',
-    case when has_function_privilege('pg_control_system()', 'execute')
-         then (select system_identifier::text from pg_control_system()) end,
-    (select oid::text from pg_database where datname = current_database()),
-    substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)) end";
+pub const SELECT_REMOTE_IDENTITY: &str = concat!(
+    "select case when pg_is_in_recovery() then null else ",
+    crate::data::sql::ledger::database_identity!(),
+    " end"
+);
 
 /// An entity's stored state: binds `$1` the entity name.
 pub const SELECT_STATE: &str = "select source_select, local_identity, remote_identity,
@@ -194,7 +193,7 @@ pub const KEYED_JOINS_OFF: &str =
 
 /// The suspects: local rows written by others since the last run (edited, inserted or
 /// re-keyed at the site), those the stage does not hold already.
-pub fn suspects_name(entity: &EntitySpec) -> String {
+fn suspects_name(entity: &EntitySpec) -> String {
     quote_ident(&format!("meter_sync_suspect_{}", entity.name))
 }
 
