@@ -701,3 +701,212 @@ async fn a_backlog_gets_fresh_statistics_before_the_drain() {
         "statistics still fresh: not analyzed again"
     );
 }
+
+/// The anti-join probes the central's index on the dedupe key for each staged reading instead
+/// of reading the whole table per batch: an index that leaves out at most one of the key's
+/// columns serves (spec 004's `(meter_id, timestamp)`), one on fewer, a hash index, a partial
+/// index or included columns do not; and the insert's plan is then a nested loop through that
+/// index, whatever the planner believes of the central's table.
+#[tokio::test]
+async fn the_anti_join_probes_the_central_index_on_the_dedupe_key() {
+    let (env, _) = upload_env("up_probe", &[("BATCH_SIZE", "10000")]).await;
+    let remote = env.remote.client().await;
+    let path = UploadPath::EveryBatch.prepare(&remote).await;
+    let readings = path.profile.readings.as_ref().unwrap();
+    let equal: Vec<&str> = readings
+        .dedupe_key
+        .iter()
+        .filter_map(|k| readings.column(k))
+        .filter(|c| !c.nullable)
+        .map(|c| c.remote().as_str())
+        .collect();
+    assert_eq!(equal, ["meter_id", "timestamp", "unit"]);
+    let table = readings.remote_table.quoted();
+    let prefix = |indexes: &'static str| {
+        let (remote, table, equal) = (&remote, &table, &equal);
+        async move {
+            remote
+                .batch_execute(&format!(
+                    "do $$ declare i record; begin
+                       for i in select indexrelid::regclass as name from pg_index
+                                where indrelid = 'meter_readings'::regclass and not indisprimary loop
+                         execute 'drop index ' || i.name;
+                       end loop;
+                     end $$; {indexes}"
+                ))
+                .await
+                .unwrap();
+            remote
+                .query_one(meter_sync::data::sql::SELECT_PROBE_INDEX, &[table, equal])
+                .await
+                .unwrap()
+                .get::<_, i32>(0)
+        }
+    };
+    assert_eq!(
+        prefix("").await,
+        0,
+        "the primary key is not on the dedupe key"
+    );
+    assert_eq!(
+        prefix("create index on meter_readings (meter_id, timestamp)").await,
+        2
+    );
+    assert_eq!(
+        prefix("create index on meter_readings (timestamp, meter_id, unit)").await,
+        3
+    );
+    assert_eq!(
+        prefix("create index on meter_readings (meter_id, value, timestamp)").await,
+        1
+    );
+    assert_eq!(
+        prefix("create index on meter_readings using hash (meter_id)").await,
+        0
+    );
+    assert_eq!(
+        prefix("create index on meter_readings (meter_id, timestamp, unit) where value > 0").await,
+        0
+    );
+    assert_eq!(
+        prefix("create index on meter_readings (meter_id) include (timestamp, unit)").await,
+        1
+    );
+    assert_eq!(
+        prefix("create index on meter_readings (lower(meter_id), timestamp)").await,
+        0,
+        "an expression is no column"
+    );
+
+    // spec 004's index and a stage of 10,000 readings: one probe per staged reading into a
+    // central that is empty when the insert is planned (the planner would scan the table for
+    // every staged reading while another worker fills it), and into one of 50,000 readings the
+    // planner has no statistics for (it would read the whole table for a hash anti-join).
+    prefix("create index on meter_readings (meter_id, timestamp); analyze meter_readings").await;
+    remote
+        .batch_execute(&meter_sync::data::sql::create_upload_stage(readings, false))
+        .await
+        .unwrap();
+    // (JIT compiling each batch's insert would cost more than the insert.)
+    let probes = |plan: &serde_json::Value| {
+        let nodes = plan_nodes(&plan[0]["Plan"]);
+        plan[0].get("JIT").is_none()
+            && nodes
+                .iter()
+                .any(|n| n["Node Type"] == "Nested Loop" && n["Join Type"] == "Anti")
+            && nodes
+                .iter()
+                .filter(|n| n["Relation Name"] == "meter_readings")
+                .all(|n| {
+                    n["Index Name"] == "meter_readings_meter_id_timestamp_idx"
+                        || n["Node Type"] == "ModifyTable"
+                })
+    };
+    let plan = anti_join_plan(&remote, readings, meter_sync::data::sql::ANTI_JOIN_PROBES).await;
+    assert!(probes(&plan), "into an empty central: {plan}");
+    remote
+        .batch_execute("alter table meter_readings set (autovacuum_enabled = false)")
+        .await
+        .unwrap();
+    insert_local_readings(&remote, 50_000, 50, 0).await.unwrap();
+    let plan = anti_join_plan(&remote, readings, meter_sync::data::sql::ANTI_JOIN_PROBES).await;
+    assert!(probes(&plan), "into 50,000 readings: {plan}");
+    // Without the index: one pass over the table, never a nested loop.
+    remote
+        .batch_execute("drop index meter_readings_meter_id_timestamp_idx; truncate meter_readings; analyze meter_readings")
+        .await
+        .unwrap();
+    let plan = anti_join_plan(&remote, readings, meter_sync::data::sql::ANTI_JOIN_SCANS).await;
+    let nodes = plan_nodes(&plan[0]["Plan"]);
+    assert!(
+        nodes.iter().any(|n| n["Join Type"] == "Anti")
+            && !nodes.iter().any(|n| n["Node Type"] == "Nested Loop"),
+        "without an index, into an empty central: {plan}"
+    );
+    remote
+        .batch_execute("create index on meter_readings (meter_id, timestamp)")
+        .await
+        .unwrap();
+    insert_local_readings(&remote, 50_000, 50, 0).await.unwrap();
+
+    // And so does an upload's: 10,000 readings checked every batch, no sequential scan of the
+    // central's readings.
+    drop(remote);
+    let local = env.local.client().await;
+    insert_local_readings(&local, 10_000, 50, 100_000)
+        .await
+        .unwrap();
+    let before = central_scans(&env).await;
+    let report = upload(&env, &path.profile).await;
+    assert!(report.success() && report.uploaded == 10_000, "{report:#?}");
+    let after = central_scans(&env).await;
+    assert_eq!(
+        after.0, before.0,
+        "no sequential scan of the central's readings"
+    );
+    assert!(
+        after.1 >= before.1 + 10_000,
+        "one probe per reading: {before:?} -> {after:?}"
+    );
+}
+
+/// The sequential and index scans of the central's readings table so far, once the agent's
+/// connections have ended (a backend reports its counts at the latest when it exits).
+async fn central_scans(env: &crate::support::TestEnv) -> (i64, i64) {
+    for _ in 0..100 {
+        let remote = env.remote.client().await;
+        let others: i64 = remote
+            .query_one(
+                "select count(*) from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if others == 0 {
+            let row = remote
+                .query_one(
+                    "select seq_scan, coalesce(idx_scan, 0) from pg_stat_user_tables where relname = 'meter_readings'",
+                    &[],
+                )
+                .await
+                .unwrap();
+            return (row.get(0), row.get(1));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the agent's connections to the central did not end");
+}
+
+/// The plan of the upload's anti-join insert under `settings`, for a stage of 10,000 readings.
+async fn anti_join_plan(
+    remote: &tokio_postgres::Client,
+    readings: &meter_sync::profile::ReadingsSpec,
+    settings: &str,
+) -> serde_json::Value {
+    let insert = meter_sync::data::sql::insert_new_readings(readings, None, false);
+    remote
+        .batch_execute(&format!(
+            "begin; {settings}; insert into meter_sync_upload_meter_readings (meter_sync_position, meter_id, timestamp, value, unit)
+             select i, 'M-' || (i % 50), timestamp '2026-01-01' + i * interval '1 minute', i, 'kWh'
+             from generate_series(1, 10000) i"
+        ))
+        .await
+        .unwrap();
+    let plan = remote
+        .query_one(&format!("explain (format json) {insert}"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    remote.batch_execute("rollback").await.unwrap();
+    plan
+}
+
+/// A plan's nodes, depth first.
+fn plan_nodes(node: &serde_json::Value) -> Vec<&serde_json::Value> {
+    let mut nodes = vec![node];
+    for child in node["Plans"].as_array().into_iter().flatten() {
+        nodes.extend(plan_nodes(child));
+    }
+    nodes
+}

@@ -87,13 +87,18 @@ impl Session {
         let remote = pools.remote().await?;
         let insert_sql = sql::insert_new_readings(readings, plan.conflict_target.as_deref(), false);
         let per_transaction = pools.remote_in_transaction_mode();
+        // How the anti-join is planned, set for each batch's transaction.
+        let joins = match plan.anti_join {
+            Some(anti_join) => format!("; {}", anti_join.settings()),
+            None => String::new(),
+        };
         let (insert_all, begin_stage, begin_table) = if per_transaction {
             // The driver's type lookups were prepared on another server connection.
             remote.clear_type_cache();
             // Checked now, inside a transaction rolled back at once: the stage and the insert
             // exist only within each batch's transaction.
             let begin_stage = format!(
-                "{}; {}",
+                "{}; {}{joins}",
                 pools.remote_begin(),
                 sql::create_upload_stage(readings, true)
             );
@@ -127,7 +132,7 @@ impl Session {
                 ),
                 None => None,
             };
-            (insert_all, "begin".to_string(), None)
+            (insert_all, format!("begin{joins}"), None)
         };
         let claim = local
             .prepare(&sql::claim_batch(readings, &plan.outgoing))

@@ -16,6 +16,8 @@ use crate::profile::{Ident, ReadingsSpec, TenantId};
 pub(super) struct Plan {
     /// The remote names of the unique index's columns the insert skips conflicts on.
     pub(super) conflict_target: Option<Vec<Ident>>,
+    /// Without a conflict target: how the anti-join is planned.
+    pub(super) anti_join: Option<AntiJoin>,
     /// How the claims read the readings for the remote.
     pub(super) outgoing: sql::Outgoing,
     /// The upload ledger, when batches are recorded instead of each compared with the
@@ -82,6 +84,30 @@ pub(super) async fn plan(
         .await
         .map_err(on_remote("look up the remote unique indexes"))?
         .map(|row| row.get(0));
+    let anti_join = match &target {
+        Some(_) => None,
+        None => {
+            let equal: Vec<&str> = readings
+                .dedupe_key
+                .iter()
+                .filter_map(|k| readings.column(k))
+                .filter(|c| !c.nullable)
+                .map(|c| c.remote().as_str())
+                .collect();
+            let prefix: i32 = rtx
+                .query_one(
+                    sql::SELECT_PROBE_INDEX,
+                    &[&readings.remote_table.quoted(), &equal],
+                )
+                .await
+                .map_err(on_remote("look up the remote indexes"))?
+                .get(0);
+            Some(match probes(prefix, dedupe.len()) {
+                true => AntiJoin::Probe,
+                false => AntiJoin::Scan,
+            })
+        }
+    };
     rtx.commit()
         .await
         .map_err(on_remote("end reading the remote readings table"))?;
@@ -94,16 +120,47 @@ pub(super) async fn plan(
     });
     tracing::debug!(
         on_conflict = conflict_target.is_some(),
+        anti_join = ?anti_join,
         "upload dedupe strategy"
     );
     Ok(Plan {
         conflict_target,
+        anti_join,
         outgoing: sql::Outgoing {
             conversions,
             tenant,
         },
         ledger: None,
     })
+}
+
+/// How the anti-join of a batch's stage with the central's readings is planned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum AntiJoin {
+    /// Through a remote index, one probe per staged reading ([`sql::ANTI_JOIN_PROBES`]).
+    Probe,
+    /// One pass over the central's table ([`sql::ANTI_JOIN_SCANS`]).
+    Scan,
+}
+
+impl AntiJoin {
+    /// The settings for a batch's remote transaction.
+    pub(super) fn settings(self) -> &'static str {
+        match self {
+            AntiJoin::Probe => sql::ANTI_JOIN_PROBES,
+            AntiJoin::Scan => sql::ANTI_JOIN_SCANS,
+        }
+    }
+}
+
+/// Whether the anti-join should probe an index whose leading `prefix` columns are dedupe
+/// columns, for a dedupe key of `dedupe` columns: when the index leaves out at most one of them
+/// (spec 004's central indexes `(meter_id, timestamp)` of `(meter_id, timestamp, unit)`), each
+/// probe finds a reading or two and a batch costs its own size in probes. An index on fewer
+/// would return many readings per probe: one pass over the table then.
+fn probes(prefix: i32, dedupe: usize) -> bool {
+    let prefix = usize::try_from(prefix).unwrap_or(0);
+    prefix >= 1 && prefix + 1 >= dedupe
 }
 
 /// Quarantines the queued readings of another tenant (never sent), with the reason.
