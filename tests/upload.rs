@@ -714,11 +714,8 @@ async fn the_anti_join_probes_the_central_index_on_the_dedupe_key() {
     let path = UploadPath::EveryBatch.prepare(&remote).await;
     let readings = path.profile.readings.as_ref().unwrap();
     let equal: Vec<&str> = readings
-        .dedupe_key
-        .iter()
-        .filter_map(|k| readings.column(k))
-        .filter(|c| !c.nullable)
-        .map(|c| c.remote().as_str())
+        .equal_dedupe_key()
+        .map(meter_sync::profile::Ident::as_str)
         .collect();
     assert_eq!(equal, ["meter_id", "timestamp", "unit"]);
     let table = readings.remote_table.quoted();

@@ -360,6 +360,16 @@ impl ReadingsSpec {
             .map(|n| self.column(n).map(ColumnSpec::remote).unwrap_or(n))
     }
 
+    /// The remote names of the dedupe key's columns that compare with `=` (a nullable one
+    /// compares with `is not distinct from`, which no index serves).
+    pub fn equal_dedupe_key(&self) -> impl Iterator<Item = &Ident> {
+        self.dedupe_key
+            .iter()
+            .filter_map(|k| self.column(k))
+            .filter(|c| !c.nullable)
+            .map(ColumnSpec::remote)
+    }
+
     /// Local bookkeeping columns the service adds to the readings table.
     pub const LOCAL_COLUMNS: &'static [&'static str] = &[
         "is_synchronized",

@@ -428,7 +428,7 @@ limit 1";
 
 /// How many of the dedupe key's columns a remote b-tree index can probe on: the longest
 /// leading run of an index's key columns that are dedupe columns compared with `=` (binds `$1`
-/// the quoted remote table, `$2` the non-nullable dedupe columns' remote names; a nullable one
+/// the quoted remote table, `$2` [`ReadingsSpec::equal_dedupe_key`]; a nullable one
 /// compares with `is not distinct from`, which no index serves). 0 when none.
 pub const SELECT_PROBE_INDEX: &str = "select coalesce(max(prefix), 0)::int4 from (
     select coalesce(min(k.ord) filter (where a.attname is null or not (a.attname::text = any($2::text[]))),

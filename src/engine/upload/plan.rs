@@ -87,13 +87,7 @@ pub(super) async fn plan(
     let anti_join = match &target {
         Some(_) => None,
         None => {
-            let equal: Vec<&str> = readings
-                .dedupe_key
-                .iter()
-                .filter_map(|k| readings.column(k))
-                .filter(|c| !c.nullable)
-                .map(|c| c.remote().as_str())
-                .collect();
+            let equal: Vec<&str> = readings.equal_dedupe_key().map(Ident::as_str).collect();
             let prefix: i32 = rtx
                 .query_one(
                     sql::SELECT_PROBE_INDEX,
