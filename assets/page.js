@@ -109,62 +109,123 @@ function renderLogs(logs) {
   if (!logs.length) { const tr = document.createElement("tr"); cell(tr, "no runs yet"); tr.className = "muted"; body.appendChild(tr); }
 }
 
-function renderChart(uploads) {
-  const svg = $("chart");
-  const points = uploads.slice().reverse();
-  svg.textContent = "";
-  svg.dataset.points = String(points.length);
-  const W = 600, H = 180, P = 24;
-  const ns = "http://www.w3.org/2000/svg";
-  const line = (x1, y1, x2, y2, color) => {
-    const l = document.createElementNS(ns, "line");
-    Object.entries({ x1, y1, x2, y2, stroke: color, "stroke-width": 1 }).forEach(([k, v]) => l.setAttribute(k, v));
-    svg.appendChild(l);
+// The history charts (uPlot): the queue after each upload and the upload rate, and the rows
+// each meter sync changed, on a time axis over the last 24 hours.
+const charts = { upload: null, changes: null };
+window.meterSyncCharts = charts;
+
+function fmtTime(seconds) { return new Date(seconds * 1000).toLocaleString(); }
+function fmtNum(v, digits = 0) { return v == null ? "–" : Number(v).toLocaleString(undefined, { maximumFractionDigits: digits }); }
+
+// A tooltip beside the cursor: the time and every series' value at the nearest point.
+function tooltipPlugin(describe) {
+  let tip;
+  return {
+    hooks: {
+      init: (u) => {
+        tip = document.createElement("div");
+        tip.className = "chart-tip";
+        tip.setAttribute("data-testid", "chart-tip");
+        tip.hidden = true;
+        u.over.appendChild(tip);
+        u.over.addEventListener("mouseleave", () => { tip.hidden = true; });
+      },
+      setCursor: (u) => {
+        const i = u.cursor.idx;
+        if (i == null || u.data[0][i] == null) { tip.hidden = true; return; }
+        tip.textContent = "";
+        for (const line of describe(u, i)) {
+          const row = document.createElement("div");
+          row.textContent = line;
+          tip.appendChild(row);
+        }
+        tip.hidden = false;
+        const x = u.valToPos(u.data[0][i], "x");
+        const left = Math.min(x + 12, u.over.clientWidth - tip.offsetWidth - 4);
+        tip.style.left = `${Math.max(0, left)}px`;
+        tip.style.top = `${Math.max(0, (u.cursor.top || 0) - tip.offsetHeight - 8)}px`;
+      },
+    },
   };
-  line(P, H - P, W - 4, H - P, "#9aa5b1");
-  if (!points.length) {
-    text($("chart-caption"), "No upload has run yet.");
-    return;
-  }
-  const max = Math.max(1, ...points.map((p) => p.inserted));
-  const t0 = new Date(points[0].timestamp).getTime();
-  const t1 = new Date(points[points.length - 1].timestamp).getTime();
-  const x = (p, i) => points.length === 1 ? (W + P) / 2 : P + ((t1 > t0 ? (new Date(p.timestamp).getTime() - t0) / (t1 - t0) : i / (points.length - 1)) * (W - P - 12));
-  const y = (p) => H - P - (p.inserted / max) * (H - 2 * P);
-  const path = document.createElementNS(ns, "polyline");
-  path.setAttribute("points", points.map((p, i) => `${x(p, i).toFixed(1)},${y(p).toFixed(1)}`).join(" "));
-  path.setAttribute("fill", "none"); path.setAttribute("stroke", "#0b5cad"); path.setAttribute("stroke-width", 2);
-  svg.appendChild(path);
-  points.forEach((p, i) => {
-    const c = document.createElementNS(ns, "circle");
-    c.setAttribute("cx", x(p, i).toFixed(1)); c.setAttribute("cy", y(p).toFixed(1)); c.setAttribute("r", 3.5);
-    c.setAttribute("fill", p.success ? "#0b5cad" : "#c62828");
-    c.setAttribute("data-testid", "chart-point");
-    const title = document.createElementNS(ns, "title");
-    title.textContent = `${new Date(p.timestamp).toLocaleString()}: ${p.inserted} uploaded`;
-    c.appendChild(title);
-    svg.appendChild(c);
-  });
-  const label = document.createElementNS(ns, "text");
-  label.setAttribute("x", 2); label.setAttribute("y", 14); label.setAttribute("font-size", 11); label.setAttribute("fill", "#5b6776");
-  label.textContent = `max ${max.toLocaleString()}`;
-  svg.appendChild(label);
-  const total = points.reduce((a, p) => a + p.inserted, 0);
-  text($("chart-caption"), `${points.length} upload runs, ${total.toLocaleString()} readings`);
 }
+
+function chartWidth(el) { return Math.max(280, el.clientWidth); }
+
+function uploadOptions(el) {
+  return {
+    width: chartWidth(el), height: 220,
+    scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(10, max * 1.1)] }, rate: { range: (u, min, max) => [0, Math.max(1, (max || 0) * 1.1)] } },
+    series: [
+      { label: "time", value: (u, v) => v == null ? "–" : fmtTime(v) },
+      { label: "Queue after upload (readings)", scale: "y", stroke: "#0b5cad", width: 2, points: { show: true, size: 5 }, value: (u, v) => fmtNum(v) },
+      { label: "Upload rate (readings/min)", scale: "rate", stroke: "#1a7f37", width: 2, dash: [6, 4], points: { show: true, size: 5 }, value: (u, v) => fmtNum(v, 1) },
+    ],
+    axes: [
+      { label: "time (last 24 h)", stroke: "#5b6776" },
+      { label: "readings queued", scale: "y", stroke: "#0b5cad", size: 60 },
+      { label: "readings per minute", scale: "rate", side: 1, stroke: "#1a7f37", grid: { show: false }, size: 60 },
+    ],
+    plugins: [tooltipPlugin((u, i) => [
+      fmtTime(u.data[0][i]),
+      `queue: ${fmtNum(u.data[1][i])} readings`,
+      `rate: ${fmtNum(u.data[2][i], 1)} readings/min`,
+    ])],
+  };
+}
+
+function changesOptions(el) {
+  return {
+    width: chartWidth(el), height: 160,
+    scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(5, max * 1.2)] } },
+    series: [
+      { label: "time", value: (u, v) => v == null ? "–" : fmtTime(v) },
+      { label: "Meter sync: rows changed per run", stroke: "#9a6700", fill: "rgba(154,103,0,0.35)", width: 1, paths: uPlot.paths.bars({ size: [0.6, 10] }), points: { show: false }, value: (u, v) => fmtNum(v) },
+    ],
+    axes: [
+      { label: "time (last 24 h)", stroke: "#5b6776" },
+      { label: "rows changed", stroke: "#9a6700", size: 60 },
+    ],
+    plugins: [tooltipPlugin((u, i) => [fmtTime(u.data[0][i]), `${fmtNum(u.data[1][i])} rows changed`])],
+  };
+}
+
+function renderHistory(h) {
+  const seconds = (iso) => Date.parse(iso) / 1000;
+  const span = [seconds(h.since), seconds(h.until)];
+  const upload = [h.uploads.map((p) => seconds(p.at)), h.uploads.map((p) => p.queue_after), h.uploads.map((p) => p.rate_per_minute)];
+  const changes = [h.downloads.map((p) => seconds(p.at)), h.downloads.map((p) => p.changes)];
+  const place = (key, el, options, data) => {
+    if (!charts[key]) charts[key] = new uPlot(options(el), data, el);
+    else charts[key].setData(data);
+    charts[key].setScale("x", { min: span[0], max: span[1] });
+    el.dataset.points = String(data[0].length);
+  };
+  place("upload", $("chart"), uploadOptions, upload);
+  place("changes", $("changes-chart"), changesOptions, changes);
+  const total = h.uploads.reduce((a, p) => a + p.uploaded, 0);
+  text($("chart-caption"), h.uploads.length
+    ? `${h.uploads.length} upload runs, ${total.toLocaleString()} readings uploaded; ${h.downloads.length} meter syncs`
+    : "No upload has run in the last 24 hours.");
+}
+
+window.addEventListener("resize", () => {
+  for (const [key, el] of [["upload", $("chart")], ["changes", $("changes-chart")]]) {
+    if (charts[key]) charts[key].setSize({ width: chartWidth(el), height: charts[key].height });
+  }
+});
 
 async function refresh() {
   try {
-    const [status, meter, logs, uploads] = await Promise.all([
+    const [status, meter, logs, history] = await Promise.all([
       api("/api/local/sync-status"),
       api("/api/local/meter-sync-status"),
       api("/api/local/sync-logs?limit=30"),
-      api("/api/local/sync-logs?sync_type=upload&limit=100"),
+      api("/api/local/history?hours=24"),
     ]);
     if (status.body) renderStatus(status.body);
     if (meter.status === 200) renderMeter(meter.body);
     if (logs.status === 200) renderLogs(logs.body.logs);
-    if (uploads.status === 200) renderChart(uploads.body.logs);
+    if (history.status === 200) renderHistory(history.body);
     text($("updated"), "updated " + new Date().toLocaleTimeString());
   } catch (e) {
     $("service-unreachable").hidden = false;

@@ -347,9 +347,18 @@ async fn an_unreachable_remote_fails_the_run_clearly_after_retries() {
     load_remote_fixture(&env.remote, Layout::Default, FixtureSize::default()).await;
     let profile = Profile::builtin_default().unwrap();
     migrate_local(&env.local, &profile).await;
-    let closed = meter_sync::pgcluster::free_port().unwrap();
+    // A port that accepts and hangs up at once: every attempt is counted.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed = listener.local_addr().unwrap().port();
+    let attempts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = attempts.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(stream);
+        }
+    });
     env.config.remote.port = closed;
-    let started = std::time::Instant::now();
     let report = download(&env, &profile, Some("1"), &[]).await;
     let error = report.error.clone().unwrap();
     assert!(
@@ -360,9 +369,10 @@ async fn an_unreachable_remote_fails_the_run_clearly_after_retries() {
         .entities
         .iter()
         .all(|e| !e.success && e.error.is_some()));
-    assert!(
-        started.elapsed() >= std::time::Duration::from_millis(30),
-        "retried with backoff 10 + 20 ms"
+    assert_eq!(
+        attempts.load(std::sync::atomic::Ordering::SeqCst),
+        3,
+        "one try and MAX_CONNECTION_RETRIES=2 retries"
     );
     let local = env.local.client().await;
     assert_eq!(count(&local, "meter").await, 0);

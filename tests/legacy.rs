@@ -345,9 +345,26 @@ async fn a_legacy_central_and_site_run_every_command_with_a_profile_from_their_d
     let (code, out, err) = run(&vars, &["once"]).await;
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(count(&remote, "meter_readings").await, 5 + 40 + 25);
-    let (code, out, err) = run(&vars, &["quarantine", "release", "--id", &uuid]).await;
+    let (code, out, err) = run(
+        &vars,
+        &[
+            "quarantine",
+            "release",
+            "--id",
+            &uuid,
+            "--id",
+            &uuid,
+            "--json",
+        ],
+    )
+    .await;
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("released 1 reading(s)"), "{out}");
+    let released: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        released,
+        serde_json::json!({ "released": 1, "ids": [uuid] }),
+        "{out}"
+    );
     let (code, _, _) = run(&vars, &["once"]).await;
     assert_eq!(
         code, 0,

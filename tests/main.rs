@@ -4,6 +4,7 @@
 
 mod support;
 
+mod api_tls;
 mod architecture;
 mod browser;
 mod check;
@@ -19,8 +20,10 @@ mod legacy;
 mod local_faults;
 mod mcp;
 mod migrate;
+mod operations;
 mod pooler;
 mod privilege;
+mod prometheus;
 mod runtime;
 mod secrets;
 mod service;

@@ -493,6 +493,10 @@ fn the_systemd_unit_runs_the_service_with_its_environment_file_and_enough_stop_t
             .to_string()
     };
     assert!(value("ExecStart").ends_with("meter-sync run"));
+    // READY=1 and the watchdog pings of `surface::systemd` (tests/operations.rs).
+    assert_eq!(value("Type"), "notify");
+    assert_eq!(value("NotifyAccess"), "main");
+    assert!(value("WatchdogSec").parse::<u64>().unwrap() >= 10);
     assert!(value("EnvironmentFile").starts_with('/'));
     assert_eq!(value("Restart"), "on-failure");
     assert_eq!(value("RestartPreventExitStatus"), "2");

@@ -463,6 +463,156 @@ async fn metrics_parse_and_move_with_the_work() {
         ),
         Some(1.0)
     );
+    // The storage gauges: measured, never an invented 0.
+    assert!(after("meter_sync_local_database_size_bytes", &[]).unwrap() > 1e6);
+    assert!(after("meter_sync_readings_table_size_bytes", &[]).unwrap() > 8192.0);
+    for purpose in ["working_directory", "local_database"] {
+        let label = [("purpose", purpose)];
+        let avail = after("meter_sync_filesystem_avail_bytes", &label).unwrap();
+        let size = after("meter_sync_filesystem_size_bytes", &label).unwrap();
+        assert!(avail > 0.0 && avail <= size, "{purpose}: {avail} of {size}");
+    }
+    let started = after("process_start_time_seconds", &[]).unwrap();
+    let now = chrono::Utc::now().timestamp() as f64;
+    assert!(started <= now + 1.0 && started > now - 3600.0, "{started}");
+
+    // Failed uploads in a row are counted, and a success resets the count.
+    assert_eq!(
+        after("meter_sync_consecutive_failures", &[("part", "upload")]),
+        Some(0.0)
+    );
+    insert_local_readings(&local, 1, 1, 500).await.unwrap();
+    let remote = env.remote.client().await;
+    remote
+        .batch_execute("alter table meter_readings rename to gone")
+        .await
+        .unwrap();
+    for failures in [1.0, 2.0] {
+        post(&http, &format!("{base}/api/local/sync-trigger"), None).await;
+        let now = scrape().await;
+        let part = |part| now("meter_sync_consecutive_failures", &[("part", part)]);
+        assert_eq!(part("upload"), Some(failures));
+        assert_eq!(part("download"), Some(0.0));
+    }
+    remote
+        .batch_execute("alter table gone rename to meter_readings")
+        .await
+        .unwrap();
+    post(&http, &format!("{base}/api/local/sync-trigger"), None).await;
+    let healed = scrape().await;
+    assert_eq!(
+        healed("meter_sync_consecutive_failures", &[("part", "upload")]),
+        Some(0.0)
+    );
+    assert_eq!(healed("meter_sync_queue_size", &[]), Some(0.0));
+    app.stop().await;
+}
+
+/// The series names a Prometheus text exposition has samples of.
+fn exported_series(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| l.split(['{', ' ']).next().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// The `meter_sync_*` and `process_*` names in a PromQL expression.
+fn named_metrics(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find(|c: char| c.is_ascii_alphabetic() || c == '_') {
+        let from = &rest[at..];
+        let end = from
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+            .unwrap_or(from.len());
+        let word = &from[..end];
+        if word.starts_with("meter_sync_") || word.starts_with("process_") {
+            names.push(word.to_string());
+        }
+        rest = &from[end..];
+    }
+    names
+}
+
+#[tokio::test]
+async fn the_grafana_dashboard_parses_and_queries_only_exported_metrics() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/grafana/meter-sync.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    // Importable: a datasource input, a uid, a title, panels with a place and queries.
+    assert_eq!(dashboard["__inputs"][0]["pluginId"], "prometheus");
+    assert_eq!(dashboard["uid"], "meter-sync");
+    let panels = dashboard["panels"].as_array().unwrap();
+    let mut exprs = vec![dashboard["templating"]["list"][0]["definition"]
+        .as_str()
+        .unwrap()
+        .to_string()];
+    let mut titles = BTreeSet::new();
+    for panel in panels.iter().filter(|p| p["type"] != "row") {
+        let title = panel["title"].as_str().unwrap();
+        assert!(
+            titles.insert(title.to_string()),
+            "two panels titled {title}"
+        );
+        for key in ["h", "w", "x", "y"] {
+            assert!(panel["gridPos"][key].is_u64(), "{title}: gridPos.{key}");
+        }
+        let targets = panel["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "{title} has no query");
+        for target in targets {
+            exprs.push(target["expr"].as_str().unwrap().to_string());
+        }
+    }
+    // What the issue asks the dashboard to show.
+    for wanted in [
+        "meter_sync_queue_size",
+        "meter_sync_oldest_unsent_age_seconds",
+        "meter_sync_readings_uploaded_total",
+        "meter_sync_run_duration_seconds_bucket",
+        "meter_sync_runs_total",
+        "meter_sync_entity_rows_total",
+        "meter_sync_database_connected",
+        "meter_sync_quarantined_readings",
+    ] {
+        assert!(
+            exprs
+                .iter()
+                .any(|e| named_metrics(e).iter().any(|n| n == wanted)),
+            "{wanted} not shown"
+        );
+    }
+    // Every metric a query names is one a running service exports (after one cycle, when
+    // every family has samples).
+    let (env, profile) = upload_env("svc_dashboard", &[("TENANT_ID", "1")]).await;
+    insert_local_readings(&env.local.client().await, 10, 2, 0)
+        .await
+        .unwrap();
+    let (app, base) = serve(&env, &profile).await;
+    let http = reqwest::Client::new();
+    let (code, _) = post(&http, &format!("{base}/api/local/sync-trigger"), None).await;
+    assert_eq!(code, 200);
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let exported = exported_series(&text);
+    for expr in &exprs {
+        let names = named_metrics(expr);
+        assert!(
+            !names.is_empty() || expr.contains("up{"),
+            "no metric in {expr}"
+        );
+        for name in names {
+            assert!(
+                exported.contains(&name),
+                "{name} (in `{expr}`) is not exported: {exported:?}"
+            );
+        }
+    }
     app.stop().await;
 }
 
@@ -506,9 +656,14 @@ async fn metrics_say_unknown_where_the_status_says_null() {
         "meter_sync_queue_size",
         "meter_sync_oldest_unsent_age_seconds",
         "meter_sync_quarantined_readings",
+        "meter_sync_local_database_size_bytes",
+        "meter_sync_readings_table_size_bytes",
     ] {
         assert!(value(name).unwrap().is_nan(), "{name}: {text}");
     }
+    // The database's data directory cannot be asked for; the working directory is measured.
+    assert!(!text.contains("purpose=\"local_database\""), "{text}");
+    assert!(text.contains("purpose=\"working_directory\""), "{text}");
     app.stop().await;
 }
 
@@ -697,4 +852,97 @@ async fn sync_logs_past_their_retention_are_pruned() {
     assert_eq!(count(&local, "sync_logs").await, 8);
     assert_eq!(service.prune_logs().await.unwrap(), 0);
     service.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn history_lists_each_run_with_its_queue_rate_and_changes() {
+    let (env, profile) = default_env_with("svc_history", &[("TENANT_ID", "1")]).await;
+    let local = env.local.client().await;
+    let (app, base) = serve(&env, &profile).await;
+    let http = reqwest::Client::new();
+    let history = |hours: &'static str| {
+        let http = http.clone();
+        let url = format!("{base}/api/local/history?hours={hours}");
+        async move { get(&http, &url).await }
+    };
+    let (code, empty) = history("24").await;
+    assert_eq!(code, 200);
+    assert_eq!(empty["uploads"], serde_json::json!([]));
+    assert_eq!(empty["downloads"], serde_json::json!([]));
+
+    // A cycle (upload of 300, download of the fixture), then 120 more readings and an upload.
+    insert_local_readings(&local, 300, 3, 0).await.unwrap();
+    let (code, _) = post(&http, &format!("{base}/api/local/sync-trigger"), None).await;
+    assert_eq!(code, 200);
+    insert_local_readings(&local, 120, 3, 1000).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (code, _) = post(&http, &format!("{base}/api/local/upload-trigger"), None).await;
+    assert_eq!(code, 200);
+
+    let (code, h) = history("24").await;
+    assert_eq!(code, 200);
+    let uploads = h["uploads"].as_array().unwrap();
+    assert_eq!(uploads.len(), 2, "{h:#}");
+    let (first, second) = (&uploads[0], &uploads[1]);
+    assert_eq!(
+        (
+            &first["queue_before"],
+            &first["queue_after"],
+            &first["uploaded"]
+        ),
+        (&Value::from(300), &Value::from(0), &Value::from(300))
+    );
+    assert_eq!(
+        (
+            &second["queue_before"],
+            &second["queue_after"],
+            &second["uploaded"]
+        ),
+        (&Value::from(120), &Value::from(0), &Value::from(120))
+    );
+    // The rate is the upload over the time since the previous run, as sync_logs timed them.
+    let rows = local
+        .query(
+            "select extract(epoch from timestamp)::float8 from sync_logs where sync_type = 'upload' order by timestamp",
+            &[],
+        )
+        .await
+        .unwrap();
+    let gap = rows[1].get::<_, f64>(0) - rows[0].get::<_, f64>(0);
+    let rate = second["rate_per_minute"].as_f64().unwrap();
+    assert!(
+        (rate - 120.0 * 60.0 / gap).abs() < 1e-6 * rate,
+        "{rate} vs a {gap} s gap"
+    );
+    assert_eq!(first["rate_per_minute"], Value::Null, "no earlier run");
+
+    // The download's entities make one run: their changes summed.
+    let downloads = h["downloads"].as_array().unwrap();
+    assert_eq!(downloads.len(), 1, "{h:#}");
+    let changed: i64 = local
+        .query_one(
+            "select sum(inserted + updated + deleted)::int8 from sync_logs where sync_type = 'download'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(changed > 0);
+    assert_eq!(downloads[0]["changes"], changed);
+    assert_eq!(downloads[0]["entities"], profile.entities.len());
+    assert_eq!(downloads[0]["success"], true);
+
+    // Runs older than the window are left out; a window out of range is refused.
+    local
+        .batch_execute("update sync_logs set timestamp = timestamp - interval '3 hours' where sync_type = 'download'")
+        .await
+        .unwrap();
+    let (_, recent) = history("2").await;
+    assert_eq!(recent["downloads"], serde_json::json!([]));
+    assert_eq!(recent["uploads"].as_array().unwrap().len(), 2);
+    for bad in ["0", "169", "x"] {
+        let (code, body) = history(bad).await;
+        assert_eq!(code, 400, "hours={bad}: {body}");
+    }
+    app.stop().await;
 }

@@ -329,7 +329,13 @@ async fn every_answer_carries_the_hardening_headers_and_the_page_allows_no_inlin
         !html.contains(" onclick=") && !html.contains(" onload="),
         "inline handler"
     );
-    assert_eq!(html.matches("<script").count(), 1);
+    // Two scripts, both files of the service: the chart library and the page's own.
+    assert_eq!(html.matches("<script").count(), 2);
+    assert!(html.contains(r#"<script src="/assets/uPlot.iife.min.js" defer></script>"#));
     assert!(html.contains(r#"<script src="/assets/page.js" defer></script>"#));
+    for asset in ["/assets/uPlot.iife.min.js", "/assets/uPlot.min.css"] {
+        let file = send(&http, "GET", &format!("{base}{asset}"), &[], None).await;
+        assert_eq!(file.status, 200, "{asset}");
+    }
     app.stop().await;
 }

@@ -247,16 +247,26 @@ pub static ALL: &[KeySpec] = &[
     key(
         "LOG_FILE",
         None,
-        "also write logs to this file (rotated daily)",
+        "also write logs to this file (rotated daily and at 100 MB, gzipped, 30 days kept)",
     ).text("a file path"),
     key("LOG_FORMAT", Some("text"), "text | json").text("text or json"),
     key(
         "API_HOST",
         Some("127.0.0.1"),
-        "address the HTTP API binds; non-loopback requires API_TOKEN",
+        "address the HTTP API binds; non-loopback requires API_TOKEN and API_TLS_CERT/API_TLS_KEY",
     ).text("an IP address such as 127.0.0.1, ::1 or 0.0.0.0, or localhost"),
     key("API_PORT", Some("3002"), "HTTP API port (0: any free port)").int(0, 65_535),
     secret("API_TOKEN", "bearer token required on every POST when set").text("at least 16 characters"),
+    key(
+        "API_TLS_CERT",
+        None,
+        "PEM certificate chain: the API serves HTTPS only (with API_TLS_KEY); required when API_HOST is not loopback, so the token never travels in the clear",
+    ).text("a PEM file path (the server certificate first, then its intermediates), set together with API_TLS_KEY"),
+    key(
+        "API_TLS_KEY",
+        None,
+        "PEM private key of API_TLS_CERT (readable by the service user only)",
+    ).text("a PEM file path (a PKCS#8, PKCS#1 or SEC1 private key), set together with API_TLS_CERT"),
     key(
         "API_ALLOWED_HOSTS",
         None,

@@ -18,7 +18,7 @@ pub use keys::{Accepts, KeySpec, ALL as KEYS};
 pub use secret::Secret;
 pub use source::{RawSettings, RawValue, Source, Sources};
 pub use types::{
-    DbConfig, DeleteGuard, LogFormat, PoolConfig, PoolMode, RetryConfig, Side, SslMode,
+    ApiTls, DbConfig, DeleteGuard, LogFormat, PoolConfig, PoolMode, RetryConfig, Side, SslMode,
 };
 pub use web::{parse_authority, AllowedHost, HostName, Origin};
 
@@ -115,6 +115,8 @@ pub struct Config {
     pub api_host: IpAddr,
     pub api_port: u16,
     pub api_token: Option<Secret>,
+    /// `API_TLS_CERT` and `API_TLS_KEY`: the API serves HTTPS only when set.
+    pub api_tls: Option<ApiTls>,
     /// `API_ALLOWED_HOSTS`: `Host` names the API answers to besides loopback and `API_HOST`.
     pub api_allowed_hosts: Vec<AllowedHost>,
     /// `API_ALLOWED_ORIGINS`: origins a browser may send changes from besides the service's own.
@@ -216,6 +218,20 @@ impl Config {
         let api_token = p.optional("API_TOKEN", |v| {
             (v.chars().count() >= 16).then(|| Secret::new(v))
         });
+        let api_tls_cert = p.optional("API_TLS_CERT", |v| Some(PathBuf::from(v)));
+        let api_tls_key = p.optional("API_TLS_KEY", |v| Some(PathBuf::from(v)));
+        let api_tls = match (api_tls_cert, api_tls_key) {
+            (Some(cert), Some(key)) => Some(ApiTls { cert, key }),
+            (Some(_), None) => {
+                p.fail("API_TLS_KEY");
+                None
+            }
+            (None, Some(_)) => {
+                p.fail("API_TLS_CERT");
+                None
+            }
+            (None, None) => None,
+        };
         let api_allowed_hosts = p
             .optional("API_ALLOWED_HOSTS", |v| {
                 web::parse_list(v, web::parse_allowed_host)
@@ -276,6 +292,7 @@ impl Config {
             api_host,
             api_port,
             api_token,
+            api_tls,
             api_allowed_hosts,
             api_allowed_origins,
             sync_log_retention_days,

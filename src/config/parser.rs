@@ -52,7 +52,8 @@ pub(super) struct Parser<'a> {
 }
 
 impl Parser<'_> {
-    fn fail(&mut self, key: &'static str) {
+    /// Records that `key` is missing or invalid.
+    pub(super) fn fail(&mut self, key: &'static str) {
         let spec = keys::lookup_exact(key);
         let expected = spec.map_or_else(String::new, |s| s.accepts.describe());
         let raw = self.raw.get(key);

@@ -129,7 +129,14 @@ pub struct PoolConfig {
     pub keepalives_idle: Duration,
 }
 
-/// Retry policy: attempt `n` (0-based) waits `base * 2^n` before the next.
+/// The API's HTTPS identity (`API_TLS_CERT`, `API_TLS_KEY`): PEM files read at start-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Retry policy: attempt `n` (0-based) waits a random time up to `base * 2^n` before the next.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetryConfig {
     pub max_connection_retries: u32,

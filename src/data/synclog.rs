@@ -60,15 +60,17 @@ pub struct LogEntry {
     pub details: Option<serde_json::Value>,
 }
 
-/// Appends entries in one statement.
+/// Appends entries, all with one timestamp: the entities of one download share it, which is
+/// how [`history`] tells the runs apart.
 pub async fn record(client: &impl GenericClient, entries: &[LogEntry]) -> Result<(), PgError> {
+    let at = Utc::now();
     for e in entries {
         let clamp = |n: i64| i32::try_from(n).unwrap_or(i32::MAX);
         client
             .execute(
                 "insert into sync_logs (sync_type, entity, success, records_processed, inserted, updated, deleted, skipped,
-                                        error_message, duration_ms, details)
-                 values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                                        error_message, duration_ms, details, timestamp)
+                 values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
                 &[
                     &e.sync_type.as_str(),
                     &e.entity,
@@ -81,6 +83,7 @@ pub async fn record(client: &impl GenericClient, entries: &[LogEntry]) -> Result
                     &e.error_message,
                     &clamp(e.duration_ms),
                     &e.details,
+                    &at,
                 ],
             )
             .await
@@ -260,4 +263,118 @@ pub async fn total_uploaded(client: &impl GenericClient) -> Result<i64, PgError>
         .await
         .map_err(|e| PgError::query(Side::Local, "sum uploads in sync_logs", e))?;
     Ok(row.get(0))
+}
+
+/// One upload run on the history chart.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct UploadPoint {
+    pub at: DateTime<Utc>,
+    pub success: bool,
+    /// Readings newly inserted on the central.
+    pub uploaded: i64,
+    /// Readings queued when the run started and when it ended (null where it could not be
+    /// counted, or the run was recorded before these were kept).
+    pub queue_before: Option<i64>,
+    pub queue_after: Option<i64>,
+    /// Readings uploaded per minute over the time since the previous upload run (null for the
+    /// first run of the window).
+    pub rate_per_minute: Option<f64>,
+}
+
+/// One meter sync (download) run on the history chart: its entities' rows summed.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct DownloadPoint {
+    pub at: DateTime<Utc>,
+    /// Every entity succeeded.
+    pub success: bool,
+    /// Rows inserted, updated and deleted locally, over all entities.
+    pub changes: i64,
+    pub entities: i64,
+}
+
+/// The runs of the last hours, oldest first, for the page's chart.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct History {
+    pub since: DateTime<Utc>,
+    pub until: DateTime<Utc>,
+    pub uploads: Vec<UploadPoint>,
+    pub downloads: Vec<DownloadPoint>,
+}
+
+/// The longest window [`history`] reads, in hours.
+pub const MAX_HISTORY_HOURS: i64 = 168;
+/// The most runs of each kind [`history`] returns: the newest ones (a day of one upload a
+/// minute fits twice).
+pub const MAX_HISTORY_POINTS: i64 = 2880;
+
+/// The runs of the last `hours` (1 to [`MAX_HISTORY_HOURS`]).
+pub async fn history(client: &impl GenericClient, hours: i64) -> Result<History, PgError> {
+    let hours = i32::try_from(hours.clamp(1, MAX_HISTORY_HOURS)).unwrap_or(24);
+    let window = client
+        .query_one(
+            "select now() - make_interval(hours => $1), now()",
+            &[&hours],
+        )
+        .await
+        .map_err(read_error)?;
+    let (since, until): (DateTime<Utc>, DateTime<Utc>) = (window.get(0), window.get(1));
+    // The rate looks one run further back than the window, so the first point has one too.
+    let uploads = client
+        .query(
+            "select at, success, uploaded, queue_before, queue_after, rate from (
+                 select timestamp as at, success, inserted::int8 as uploaded,
+                        (details->'queue_before'->>'size')::int8 as queue_before,
+                        (details->'queue_after'->>'size')::int8 as queue_after,
+                        (inserted * 60.0 / nullif(extract(epoch from timestamp - lag(timestamp) over (order by timestamp, id)), 0))::float8 as rate
+                 from sync_logs
+                 where sync_type = 'upload' and timestamp > $1::timestamptz - interval '1 day'
+                 order by timestamp desc, id desc
+                 limit $2::int8 + 1
+             ) runs
+             where at > $1
+             order by at",
+            &[&since, &MAX_HISTORY_POINTS],
+        )
+        .await
+        .map_err(read_error)?
+        .iter()
+        .map(|r| UploadPoint {
+            at: r.get(0),
+            success: r.get(1),
+            uploaded: r.get(2),
+            queue_before: r.get(3),
+            queue_after: r.get(4),
+            rate_per_minute: r.get(5),
+        })
+        .collect();
+    let downloads = client
+        .query(
+            "select at, success, changes, entities from (
+                 select timestamp as at, bool_and(success) as success,
+                        sum(inserted + updated + deleted)::int8 as changes, count(*) as entities
+                 from sync_logs
+                 where sync_type = 'download' and timestamp > $1
+                 group by timestamp
+                 order by timestamp desc
+                 limit $2
+             ) runs
+             order by at",
+            &[&since, &MAX_HISTORY_POINTS],
+        )
+        .await
+        .map_err(read_error)?
+        .iter()
+        .map(|r| DownloadPoint {
+            at: r.get(0),
+            success: r.get(1),
+            changes: r.get(2),
+            entities: r.get(3),
+        })
+        .collect();
+    Ok(History {
+        since,
+        until,
+        uploads,
+        downloads,
+    })
 }

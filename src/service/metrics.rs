@@ -14,7 +14,15 @@ use crate::config::Side;
 use crate::engine::download::DownloadReport;
 use crate::engine::upload::UploadReport;
 use crate::service::cycle::SyncCycleResult;
+use crate::service::gauges::{Filesystem, LocalStorage};
 use crate::service::status::SyncStatus;
+
+/// What a scrape measured: the status and the storage gauges.
+pub struct Measured {
+    pub status: SyncStatus,
+    pub storage: LocalStorage,
+    pub filesystems: Vec<Filesystem>,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Part {
@@ -40,6 +48,13 @@ struct SideLabel {
     side: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FilesystemLabel {
+    path: String,
+    /// `local_database`, `working_directory` or `log_directory`.
+    purpose: &'static str,
+}
+
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 /// Every metric of the service.
@@ -57,6 +72,11 @@ pub struct Metrics {
     quarantined_now: FloatGauge,
     connected: Family<SideLabel, Gauge>,
     running: Gauge,
+    consecutive_failures: Family<Part, Gauge>,
+    database_size: FloatGauge,
+    readings_size: FloatGauge,
+    fs_avail: Family<FilesystemLabel, FloatGauge>,
+    fs_size: Family<FilesystemLabel, FloatGauge>,
 }
 
 impl Default for Metrics {
@@ -87,6 +107,11 @@ impl Metrics {
         let quarantined_now = FloatGauge::default();
         let connected = Family::<SideLabel, Gauge>::default();
         let running = Gauge::default();
+        let consecutive_failures = Family::<Part, Gauge>::default();
+        let database_size = FloatGauge::default();
+        let readings_size = FloatGauge::default();
+        let fs_avail = Family::<FilesystemLabel, FloatGauge>::default();
+        let fs_size = Family::<FilesystemLabel, FloatGauge>::default();
         registry.register(
             "meter_sync_readings_uploaded",
             "Readings newly inserted on the remote",
@@ -147,6 +172,44 @@ impl Metrics {
             "1 while a run is in progress",
             running.clone(),
         );
+        registry.register(
+            "meter_sync_consecutive_failures",
+            "Runs of the part that failed in a row, up to the latest (0 after a success), since the process started",
+            consecutive_failures.clone(),
+        );
+        for part in ["upload", "download"] {
+            // Measured from the start: no run has failed yet.
+            consecutive_failures.get_or_create(&Part { part }).set(0);
+        }
+        registry.register(
+            "meter_sync_local_database_size_bytes",
+            "Size of the local database on disk (NaN when it cannot be measured)",
+            database_size.clone(),
+        );
+        registry.register(
+            "meter_sync_readings_table_size_bytes",
+            "Size of the local readings table with its indexes (NaN when it cannot be measured)",
+            readings_size.clone(),
+        );
+        registry.register(
+            "meter_sync_filesystem_avail_bytes",
+            "Bytes available on the filesystem holding the path, by its purpose (only filesystems that can be measured)",
+            fs_avail.clone(),
+        );
+        registry.register(
+            "meter_sync_filesystem_size_bytes",
+            "Total bytes of the filesystem holding the path, by its purpose",
+            fs_size.clone(),
+        );
+        if let Some(started) = super::gauges::process_start_time() {
+            let start = FloatGauge::default();
+            start.set(started);
+            registry.register(
+                "process_start_time_seconds",
+                "Start time of the process since the Unix epoch in seconds",
+                start,
+            );
+        }
         Self {
             registry,
             uploaded,
@@ -161,12 +224,23 @@ impl Metrics {
             quarantined_now,
             connected,
             running,
+            consecutive_failures,
+            database_size,
+            readings_size,
+            fs_avail,
+            fs_size,
         }
     }
 
     fn finished(&self, part: &'static str, success: bool, duration_ms: u64) {
         let result = if success { "success" } else { "failure" };
         self.runs.get_or_create(&PartResult { part, result }).inc();
+        let failures = self.consecutive_failures.get_or_create(&Part { part });
+        if success {
+            failures.set(0);
+        } else {
+            failures.inc();
+        }
         self.duration
             .get_or_create(&Part { part })
             .observe(duration_ms as f64 / 1000.0);
@@ -215,23 +289,38 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition, with the gauges set from `status`.
-    pub fn render(&self, status: &SyncStatus) -> String {
-        // Unknown while the local database is down: NaN, as the status API says null (an
-        // empty queue is 0, its oldest reading's age too).
-        let measured = |value: Option<f64>| {
-            if status.local_db_connected {
-                value.unwrap_or(0.0)
-            } else {
-                f64::NAN
-            }
-        };
+    /// The Prometheus text exposition, with the gauges set from the measurements.
+    pub fn render(&self, measured: &Measured) -> String {
+        let status = &measured.status;
+        // What could not be measured is NaN, as the status API says null; never an invented 0.
+        let known = |value: Option<f64>| value.unwrap_or(f64::NAN);
         self.queue_size
-            .set(measured(status.queue_size.map(|n| n as f64)));
-        self.oldest_age
-            .set(measured(status.oldest_unsent_age_seconds));
+            .set(known(status.queue_size.map(|n| n as f64)));
+        // An empty queue has no oldest reading: its age is 0, measured.
+        let oldest = match (status.queue_size, status.oldest_unsent_age_seconds) {
+            (Some(0), None) => Some(0.0),
+            (_, age) => age,
+        };
+        self.oldest_age.set(known(oldest));
         self.quarantined_now
-            .set(measured(status.quarantined_count.map(|n| n as f64)));
+            .set(known(status.quarantined_count.map(|n| n as f64)));
+        let storage = &measured.storage;
+        self.database_size
+            .set(known(storage.database_bytes.map(|n| n as f64)));
+        self.readings_size
+            .set(known(storage.readings_bytes.map(|n| n as f64)));
+        self.fs_avail.clear();
+        self.fs_size.clear();
+        for fs in &measured.filesystems {
+            let label = FilesystemLabel {
+                path: fs.path.clone(),
+                purpose: fs.purpose,
+            };
+            self.fs_avail
+                .get_or_create(&label)
+                .set(fs.avail_bytes as f64);
+            self.fs_size.get_or_create(&label).set(fs.size_bytes as f64);
+        }
         self.connected
             .get_or_create(&SideLabel {
                 side: Side::Local.as_str(),

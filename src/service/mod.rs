@@ -3,6 +3,7 @@
 //! scheduler, API, MCP and CLI, the status and metrics they report, and graceful shutdown.
 
 pub mod cycle;
+pub mod gauges;
 pub mod metrics;
 pub mod record;
 pub mod scheduler;
@@ -205,6 +206,12 @@ impl Service {
         synclog::recent(&**client, query).await
     }
 
+    /// The upload and meter sync runs of the last `hours`, for the page's chart.
+    pub async fn history(&self, hours: i64) -> Result<synclog::History, PgError> {
+        let client = self.inner.pools.local().await?;
+        synclog::history(&**client, hours).await
+    }
+
     /// The local meters, in key order, optionally only active or inactive ones.
     pub async fn list_meters(
         &self,
@@ -216,8 +223,17 @@ impl Service {
 
     /// The Prometheus text, with the database gauges measured now.
     pub async fn metrics_text(&self) -> String {
-        let status = self.sync_status().await;
-        self.inner.metrics.render(&status)
+        let inner = &self.inner;
+        let (status, storage) = tokio::join!(
+            self.sync_status(),
+            gauges::local_storage(&inner.pools, &inner.config, &inner.profile)
+        );
+        let filesystems = gauges::filesystems(&inner.config, storage.data_directory.as_deref());
+        inner.metrics.render(&metrics::Measured {
+            status,
+            storage,
+            filesystems,
+        })
     }
 
     /// Deletes `sync_logs` rows older than `SYNC_LOG_RETENTION_DAYS`.

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -30,21 +31,51 @@ pub struct App {
 impl App {
     /// Serves the API on `listener` and, when `schedule` is set, runs the scheduler.
     pub fn start(service: Service, listener: TcpListener, schedule: bool) -> std::io::Result<Self> {
+        Self::start_with(service, listener, schedule, None)
+    }
+
+    /// [`App::start`], serving HTTPS only when `tls` is given (`API_TLS_CERT`, `API_TLS_KEY`).
+    pub fn start_with(
+        service: Service,
+        listener: TcpListener,
+        schedule: bool,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
         let (stop, stopped) = watch::channel(false);
         let mut http_stop = stopped.clone();
         let router = crate::surface::http::router(service.clone(), addr.port());
-        let server = tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = http_stop.wait_for(|s| *s).await;
-            };
-            if let Err(e) = axum::serve(listener, router)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
-                tracing::error!(error = %e, "HTTP server failed");
+        let server = match tls {
+            None => tokio::spawn(async move {
+                let shutdown = async move {
+                    let _ = http_stop.wait_for(|s| *s).await;
+                };
+                if let Err(e) = axum::serve(listener, router)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+                {
+                    tracing::error!(error = %e, "HTTP server failed");
+                }
+            }),
+            Some(tls) => {
+                // The TLS handshakes run per connection, off the accept loop.
+                let handle = axum_server::Handle::new();
+                let server = axum_server::from_tcp_rustls(
+                    listener.into_std()?,
+                    axum_server::tls_rustls::RustlsConfig::from_config(tls),
+                )?
+                .handle(handle.clone());
+                tokio::spawn(async move {
+                    tokio::spawn(async move {
+                        let _ = http_stop.wait_for(|s| *s).await;
+                        handle.graceful_shutdown(Some(HTTP_DRAIN));
+                    });
+                    if let Err(e) = server.serve(router.into_make_service()).await {
+                        tracing::error!(error = %e, "HTTPS server failed");
+                    }
+                })
             }
-        });
+        };
         let scheduler = schedule.then(|| {
             let service = service.clone();
             tokio::spawn(async move { service.run_schedule(stopped).await })
@@ -56,6 +87,22 @@ impl App {
             server,
             scheduler,
         })
+    }
+
+    /// Whether the service is healthy, for the systemd watchdog: the scheduler and the HTTP
+    /// server still run and the status is answered within `within` (the local database being
+    /// down is reported by the status, not a reason to restart the process).
+    pub async fn health(&self, within: Duration) -> Result<(), &'static str> {
+        if self.scheduler.as_ref().is_some_and(JoinHandle::is_finished) {
+            return Err("the scheduler has stopped");
+        }
+        if self.server.is_finished() {
+            return Err("the HTTP server has stopped");
+        }
+        tokio::time::timeout(within, self.service.sync_status())
+            .await
+            .map(|_| ())
+            .map_err(|_| "the status was not answered in time")
     }
 
     /// Graceful stop: no new runs, the current run finishes (bounded by
@@ -144,6 +191,17 @@ pub async fn run(raw: &RawSettings, config: Config, profile: Profile) -> ExitCod
         eprintln!("meter-sync: {message}");
         return Exit::Usage.into();
     }
+    let tls = match &config.api_tls {
+        Some(tls) => match crate::surface::http::tls::server_config(tls) {
+            Ok(server) => Some(server),
+            Err(e) => {
+                eprintln!("meter-sync: {}", chain(&e));
+                return Exit::Usage.into();
+            }
+        },
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     if let Err(message) = prepare_local(&config, &profile).await {
         tracing::error!("{message}");
         eprintln!("meter-sync: {message}");
@@ -164,7 +222,7 @@ pub async fn run(raw: &RawSettings, config: Config, profile: Profile) -> ExitCod
             return Exit::Usage.into();
         }
     };
-    let app = match App::start(service, listener, true) {
+    let app = match App::start_with(service, listener, true, tls) {
         Ok(app) => app,
         Err(e) => {
             eprintln!("meter-sync: cannot start the HTTP server: {e}");
@@ -172,10 +230,24 @@ pub async fn run(raw: &RawSettings, config: Config, profile: Profile) -> ExitCod
         }
     };
     tracing::info!(
-        "listening on http://{} (status /api/local/sync-status, API docs /docs, metrics /metrics)",
+        "listening on {scheme}://{} (status /api/local/sync-status, API docs /docs, metrics /metrics)",
         app.addr
     );
-    stop_signal().await;
+    crate::surface::systemd::ready(&format!("listening on {scheme}://{}", app.addr));
+    match crate::surface::systemd::watchdog_interval() {
+        Some(interval) => {
+            tracing::info!(
+                interval_ms = interval.as_millis() as u64,
+                "systemd watchdog enabled"
+            );
+            tokio::select! {
+                () = stop_signal() => {}
+                () = crate::surface::systemd::keep_alive(interval, |within| app.health(within)) => {}
+            }
+        }
+        None => stop_signal().await,
+    }
+    crate::surface::systemd::stopping();
     let finished = app.stop().await;
     tracing::info!(run_completed = finished, "meter-sync stopped");
     Exit::Ok.into()

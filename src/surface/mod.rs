@@ -7,3 +7,4 @@ pub mod demo;
 pub mod http;
 pub mod mcp;
 pub mod progress;
+pub mod systemd;

@@ -39,6 +39,67 @@ async function points(page) {
   return Number(await page.locator('[data-testid="chart"]').getAttribute("data-points"));
 }
 
+// The chart's points are the API's history: times, the queue after each upload, the rate; the
+// meter sync chart's changes per run. Read from the uPlot instances the page keeps.
+async function checkChartAgainstApi(page) {
+  // The page refreshes every 3 s: a run recorded between the two reads differs once.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await compareChartWithApi(page);
+    } catch (e) {
+      if (attempt >= 10) throw e;
+      await page.waitForTimeout(700);
+    }
+  }
+}
+
+async function compareChartWithApi(page) {
+  const history = await (await fetch(`${base}/api/local/history?hours=24`)).json();
+  const drawn = await page.evaluate(() => ({
+    upload: window.meterSyncCharts.upload.data.map((s) => Array.from(s)),
+    changes: window.meterSyncCharts.changes.data.map((s) => Array.from(s)),
+    x: [window.meterSyncCharts.upload.scales.x.min, window.meterSyncCharts.upload.scales.x.max],
+    legend: Array.from(document.querySelectorAll('[data-testid="chart"] .u-legend .u-label')).map((e) => e.textContent),
+  }));
+  const seconds = (iso) => Date.parse(iso) / 1000;
+  const same = (a, b, what) => {
+    if (JSON.stringify(a) !== JSON.stringify(b)) throw new Error(`${what}: chart ${JSON.stringify(a)} vs API ${JSON.stringify(b)}`);
+  };
+  if (!history.uploads.length) throw new Error("the API has no upload in its history");
+  same(drawn.upload[0], history.uploads.map((p) => seconds(p.at)), "upload times");
+  same(drawn.upload[1], history.uploads.map((p) => p.queue_after), "queue after each upload");
+  same(drawn.upload[2], history.uploads.map((p) => p.rate_per_minute), "upload rate");
+  same(drawn.changes[0], history.downloads.map((p) => seconds(p.at)), "meter sync times");
+  same(drawn.changes[1], history.downloads.map((p) => p.changes), "changes per meter sync");
+  // A real time axis over the whole window, and a legend naming each series.
+  const span = drawn.x[1] - drawn.x[0];
+  if (Math.abs(span - 24 * 3600) > 120) throw new Error(`time axis spans ${span} s, not 24 h`);
+  for (const label of ["Queue after upload (readings)", "Upload rate (readings/min)"]) {
+    if (!drawn.legend.includes(label)) throw new Error(`legend ${JSON.stringify(drawn.legend)} lacks ${label}`);
+  }
+}
+
+// Hovering the newest upload shows a tooltip with its queue size.
+async function checkTooltip(page) {
+  const at = await page.evaluate(() => {
+    const u = window.meterSyncCharts.upload;
+    const i = u.data[0].length - 1;
+    const box = u.over.getBoundingClientRect();
+    // The newest run sits on the plot's right edge and an empty queue on its bottom edge: aim
+    // just inside, where the cursor still snaps to that run.
+    const x = Math.min(u.valToPos(u.data[0][i], "x"), box.width - 3);
+    const y = Math.min(u.valToPos(u.data[1][i] ?? 0, "y"), box.height - 3);
+    return { x: box.left + x, y: box.top + y, queue: u.data[1][i] };
+  });
+  await page.mouse.move(at.x - 20, at.y - 10);
+  await page.mouse.move(at.x, at.y, { steps: 4 });
+  const tip = page.locator('[data-testid="chart"] [data-testid="chart-tip"]');
+  await tip.waitFor({ state: "visible", timeout: 5000 });
+  const shown = await tip.innerText();
+  if (!shown.includes(`queue: ${Number(at.queue).toLocaleString()} readings`)) throw new Error(`tooltip says ${shown}`);
+  await page.mouse.move(0, 0);
+}
+
 const browser = await chromium.launch({
   executablePath: "/usr/bin/chromium",
   headless: true,
@@ -69,8 +130,13 @@ try {
   await page.click('[data-testid="upload-now"]');
   await waitText(page, "queue-size", "0");
   await waitText(page, "upload-now", "Upload now");
+  // The chart refreshes with the status; wait for the point of this upload.
+  const deadline = Date.now() + 15000;
+  while ((await points(page)) !== before + 1 && Date.now() < deadline) await page.waitForTimeout(200);
   const after = await points(page);
   if (after !== before + 1) throw new Error(`chart points: ${before} before, ${after} after the upload`);
+  await checkChartAgainstApi(page);
+  await checkTooltip(page);
   if ((await text(page, "upload-error")).trim() !== "") throw new Error("upload error shown after a good upload");
   await page.screenshot({ path: `${out}/2-uploaded.png`, fullPage: true });
 
@@ -79,6 +145,14 @@ try {
   await page.click('[data-testid="sync-meters-now"]');
   await waitText(page, "meter-count", String(meters + added));
   await waitText(page, "meter-counts", `${added} / 0 / 0`);
+  // The meter sync's changes are on its chart.
+  const syncDeadline = Date.now() + 15000;
+  while (Date.now() < syncDeadline) {
+    const bars = await page.evaluate(() => window.meterSyncCharts.changes.data[1]);
+    if (bars.length && bars[bars.length - 1] >= added) break;
+    await page.waitForTimeout(200);
+  }
+  await checkChartAgainstApi(page);
   await page.screenshot({ path: `${out}/3-meters-synced.png`, fullPage: true });
 
   // 4. A remote outage: the unreachable state, and a clear error on Sync meters now.

@@ -1,17 +1,18 @@
 //! Database connections for both sides: driver configuration, TLS, pools, the retryable-error
 //! rule and exponential backoff.
 
+mod backoff;
 mod raw;
 mod settings;
 mod tls;
 
-use std::future::Future;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::error::SqlState;
 
-use crate::config::{Config, DbConfig, PoolConfig, PoolMode, RetryConfig, Side};
+use crate::config::{Config, DbConfig, PoolConfig, PoolMode, Side};
+pub use backoff::Backoff;
 pub use raw::{copy_row, RawValue};
 use settings::{after_connect, timeouts};
 pub use settings::{timeout_settings, transaction_mode_prelude};
@@ -445,130 +446,5 @@ impl Pools {
     /// A remote connection.
     pub async fn remote(&self) -> Result<deadpool_postgres::Object, PgError> {
         get(&self.remote, &self.remote_db).await
-    }
-}
-
-/// Exponential backoff: retry `n` (0-based) waits `base * 2^n`, at most `max_retries` times.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Backoff {
-    pub max_retries: u32,
-    pub base: Duration,
-}
-
-impl Backoff {
-    /// The connection policy of a configuration.
-    pub fn connection(retry: &RetryConfig) -> Self {
-        Self {
-            max_retries: retry.max_connection_retries,
-            base: retry.base,
-        }
-    }
-
-    /// The query policy of a configuration.
-    pub fn query(retry: &RetryConfig) -> Self {
-        Self {
-            max_retries: retry.max_query_retries,
-            base: retry.base,
-        }
-    }
-
-    /// The wait before retry `n` (0-based), capped at one hour.
-    pub fn delay(&self, n: u32) -> Duration {
-        self.base
-            .saturating_mul(2u32.saturating_pow(n.min(20)))
-            .min(Duration::from_secs(3600))
-    }
-
-    /// Runs `op` until it succeeds, fails with a non-retryable error, or the retries are spent.
-    /// Each retry is logged with the attempt, the delay and the error.
-    pub async fn retry<T, E, F, Fut>(
-        &self,
-        what: &str,
-        retryable: impl Fn(&E) -> bool,
-        mut op: F,
-    ) -> Result<T, E>
-    where
-        E: std::fmt::Display,
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, E>>,
-    {
-        let mut attempt = 0;
-        loop {
-            match op().await {
-                Ok(value) => return Ok(value),
-                Err(e) if attempt < self.max_retries && retryable(&e) => {
-                    let delay = self.delay(attempt);
-                    tracing::warn!(what, attempt = attempt + 1, max = self.max_retries, delay_ms = delay.as_millis() as u64, error = %e, "retrying after a retryable error");
-                    tokio::time::sleep(delay).await;
-                    attempt += 1;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::atomic::{AtomicU32, Ordering};
-
-    #[test]
-    fn backoff_doubles_from_the_base() {
-        let b = Backoff {
-            max_retries: 5,
-            base: Duration::from_secs(2),
-        };
-        let delays: Vec<u64> = (0..5).map(|n| b.delay(n).as_secs()).collect();
-        assert_eq!(delays, [2, 4, 8, 16, 32]);
-        assert_eq!(b.delay(40), Duration::from_secs(3600));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn retry_waits_exponentially_and_stops_at_the_limit() {
-        let b = Backoff {
-            max_retries: 3,
-            base: Duration::from_secs(2),
-        };
-        let calls = AtomicU32::new(0);
-        let start = tokio::time::Instant::now();
-        let result: Result<(), String> = b
-            .retry(
-                "test",
-                |_| true,
-                || async {
-                    calls.fetch_add(1, Ordering::SeqCst);
-                    Err("down".to_string())
-                },
-            )
-            .await;
-        assert!(result.is_err());
-        assert_eq!(
-            calls.load(Ordering::SeqCst),
-            4,
-            "one try plus three retries"
-        );
-        assert_eq!(start.elapsed(), Duration::from_secs(2 + 4 + 8));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn non_retryable_errors_are_not_retried() {
-        let b = Backoff {
-            max_retries: 3,
-            base: Duration::from_secs(1),
-        };
-        let calls = AtomicU32::new(0);
-        let result: Result<(), String> = b
-            .retry(
-                "test",
-                |_| false,
-                || async {
-                    calls.fetch_add(1, Ordering::SeqCst);
-                    Err("bad data".to_string())
-                },
-            )
-            .await;
-        assert!(result.is_err());
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 }

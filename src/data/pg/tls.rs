@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
@@ -107,8 +108,17 @@ fn roots(db: &DbConfig) -> Result<RootCertStore, TlsError> {
                 path: shown.clone(),
                 source,
             })?;
-            for cert in rustls_pemfile::certs(&mut pem.as_slice()).flatten() {
-                let _ = store.add(cert);
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                match cert {
+                    Ok(cert) => {
+                        if let Err(e) = store.add(cert) {
+                            tracing::warn!(side = %db.side, path = %shown, error = %e, "a certificate of the CA file is not usable; skipped");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(side = %db.side, path = %shown, error = %e, "a PEM section of the CA file cannot be read; skipped");
+                    }
+                }
             }
             if store.is_empty() {
                 return Err(TlsError::EmptyCa {

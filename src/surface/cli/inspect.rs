@@ -257,14 +257,22 @@ pub(super) async fn quarantine(
                     }
                 })
         }
-        QuarantineAction::Release { all, ids } => {
+        QuarantineAction::Release { all, ids, json } => {
             let ids: Vec<upload::ReadingId> =
                 ids.into_iter().map(upload::ReadingId::from_text).collect();
             let chosen = if all { None } else { Some(ids.as_slice()) };
             upload::release_quarantined(&client, readings, chosen)
                 .await
                 .map(|released| {
-                    println!("released {} reading(s) for another upload", released.len())
+                    if json {
+                        let value = serde_json::json!({
+                            "released": released.len(),
+                            "ids": released,
+                        });
+                        println!("{value:#}");
+                    } else {
+                        println!("released {} reading(s) for another upload", released.len())
+                    }
                 })
         }
     };

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod inspect;
+pub mod manual;
 mod print;
 mod runs;
 
@@ -114,6 +115,19 @@ pub enum Command {
         #[command(subcommand)]
         action: QuarantineAction,
     },
+    /// Print the shell completion script (e.g. `meter-sync completions bash >
+    /// /etc/bash_completion.d/meter-sync`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages (meter-sync.1 and one per subcommand) into DIR.
+    Manpages {
+        /// The directory to write them into (created if missing).
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
     /// Create or complete the local schema of the active profile (tables, readings queue
     /// index, sync_logs, meter_sync_log view). Idempotent; never touches the remote.
     Migrate {
@@ -143,6 +157,9 @@ pub enum QuarantineAction {
         /// Release this reading, by its local id (repeatable; any id type: 42, a uuid, ...).
         #[arg(long = "id", value_name = "ID", required_unless_present = "all")]
         ids: Vec<String>,
+        /// Print the released ids as JSON (`{"released": N, "ids": [...]}`).
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -201,6 +218,38 @@ pub async fn run(cli: Cli) -> ExitCode {
         };
         return crate::surface::demo::run(options).await;
     }
+    // The manuals and completions describe the command line: no configuration either.
+    match &cli.command {
+        Command::Completions { shell } => {
+            return match manual::completions(*shell, &mut std::io::stdout()) {
+                Ok(()) => Exit::Ok.into(),
+                Err(e) => {
+                    eprintln!("meter-sync: cannot write the completion script: {e}");
+                    Exit::Failed.into()
+                }
+            };
+        }
+        Command::Manpages { dir } => {
+            return match manual::write_manual_pages(dir) {
+                Ok(written) => {
+                    println!(
+                        "wrote {} manual pages into {}",
+                        written.len(),
+                        dir.display()
+                    );
+                    Exit::Ok.into()
+                }
+                Err(e) => {
+                    eprintln!(
+                        "meter-sync: cannot write the manual pages into {}: {e}",
+                        dir.display()
+                    );
+                    Exit::Failed.into()
+                }
+            };
+        }
+        _ => {}
+    }
     let (raw, config, profile) = match load(&cli) {
         Ok(loaded) => loaded,
         Err(code) => return code,
@@ -218,7 +267,9 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Once { json } => runs::once(config, profile, json).await,
         Command::Mcp => runs::mcp(config, profile).await,
         // Handled before the configuration is loaded.
-        Command::Demo { .. } => Exit::Usage.into(),
+        Command::Demo { .. } | Command::Completions { .. } | Command::Manpages { .. } => {
+            Exit::Usage.into()
+        }
         Command::Check { json } => inspect::check(&raw, &config, &profile, json).await,
         Command::Migrate { json } => inspect::migrate(&config, &profile, json).await,
         Command::Download {

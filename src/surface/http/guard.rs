@@ -29,6 +29,8 @@ pub struct Guard {
     any_ip: bool,
     hosts: Vec<AllowedHost>,
     origins: Vec<Origin>,
+    /// Served over HTTPS (`API_TLS_CERT`): the own page's origin is `https://`.
+    https: bool,
 }
 
 impl Guard {
@@ -45,6 +47,16 @@ impl Guard {
             any_ip: config.api_host.is_unspecified(),
             hosts: config.api_allowed_hosts.clone(),
             origins: config.api_allowed_origins.clone(),
+            https: config.api_tls.is_some(),
+        }
+    }
+
+    /// The port a `Host` without one means.
+    fn default_port(&self) -> u16 {
+        if self.https {
+            443
+        } else {
+            80
         }
     }
 
@@ -67,8 +79,8 @@ impl Guard {
             ));
         };
         match parse_authority(&given) {
-            Some((name, port)) if self.host_allowed(&name, port.unwrap_or(80)) => {
-                Ok((name, port.unwrap_or(80)))
+            Some((name, port)) if self.host_allowed(&name, port.unwrap_or(self.default_port())) => {
+                Ok((name, port.unwrap_or(self.default_port())))
             }
             _ => Err(forbidden(
                 "forbidden_host",
@@ -90,7 +102,7 @@ impl Guard {
             let origin = Origin::parse(text);
             let own = origin
                 .as_ref()
-                .is_some_and(|o| !o.https && o.host == *host && o.port == port);
+                .is_some_and(|o| o.https == self.https && o.host == *host && o.port == port);
             if origin.as_ref().is_some_and(|o| self.origins.contains(o)) {
                 return Ok(());
             }

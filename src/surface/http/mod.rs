@@ -26,6 +26,8 @@ use crate::service::status::{MeterSyncStatus, SyncStatus};
 use crate::service::{Service, TriggerError};
 
 mod guard;
+mod history;
+mod page;
 
 pub use guard::{Guard, PAGE_POLICY};
 
@@ -33,23 +35,40 @@ const DEFAULT_LOG_LIMIT: i64 = 50;
 /// Request bodies larger than this are refused (only `/mcp` takes a body: JSON-RPC messages).
 const BODY_LIMIT: usize = 1024 * 1024;
 
-/// Refuses to expose the API beyond this machine without a token.
+/// Refuses to expose the API beyond this machine without a token, or with the token in the
+/// clear: beyond loopback both `API_TOKEN` and HTTPS (`API_TLS_CERT`, `API_TLS_KEY`) are needed.
 pub fn check_bind(config: &Config) -> Result<(), String> {
     let loopback = match config.api_host {
         IpAddr::V4(ip) => ip.is_loopback(),
         IpAddr::V6(ip) => ip.is_loopback(),
     };
-    if loopback || config.api_token.is_some() {
+    if loopback {
+        return Ok(());
+    }
+    let mut missing = Vec::new();
+    if config.api_token.is_none() {
+        missing.push(
+            "API_TOKEN (at least 16 characters; POST requests then need `Authorization: Bearer <token>`)",
+        );
+    }
+    if config.api_tls.is_none() {
+        missing.push(
+            "API_TLS_CERT and API_TLS_KEY (PEM files: the API then serves HTTPS only, so the token never travels in the clear)",
+        );
+    }
+    if missing.is_empty() {
         Ok(())
     } else {
         Err(format!(
-            "API_HOST={} would expose the API (which can trigger runs) beyond this machine without a token; \
-             set API_TOKEN (at least 16 characters; POST requests then need `Authorization: Bearer <token>`) \
-             or bind API_HOST=127.0.0.1",
-            config.api_host
+            "API_HOST={} would expose the API (which can trigger runs) beyond this machine; set {}, \
+             or bind API_HOST=127.0.0.1 (a reverse proxy on this machine can serve it to others)",
+            config.api_host,
+            missing.join(" and ")
         ))
     }
 }
+
+pub mod tls;
 
 /// A JSON error.
 #[derive(Debug, Serialize, ToSchema)]
@@ -188,6 +207,7 @@ pub struct Health {
         meter_sync_status,
         meter_sync_trigger,
         sync_logs,
+        history::history,
         health,
         ready,
         metrics
@@ -199,6 +219,9 @@ pub struct Health {
         EntitySyncResult,
         SyncCycleResult,
         LogRow,
+        synclog::History,
+        synclog::UploadPoint,
+        synclog::DownloadPoint,
         Health,
         Running,
         RunKind,
@@ -222,9 +245,9 @@ pub fn router(service: Service, port: u16) -> Router {
         .route("/api/local/meter-sync-status", get(meter_sync_status))
         .route("/api/local/meter-sync-trigger", post(meter_sync_trigger))
         .route("/api/local/sync-logs", get(sync_logs))
-        .route("/", get(page))
-        .route("/assets/page.js", get(page_script))
-        .route("/assets/page.css", get(page_style))
+        .route("/api/local/history", get(history::history))
+        .route("/", get(page::page))
+        .route("/assets/{file}", get(page::asset))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
@@ -449,36 +472,6 @@ async fn sync_logs(
         .await
         .map_err(|e| ApiError::database("sync logs", &e))?;
     Ok(Json(LogsResponse { logs }))
-}
-
-/// The Sync Status page: three files embedded in the binary (no CDN, no internet), the script
-/// and style separate so that the page's policy allows no inline code.
-const PAGE: &str = include_str!("../../../assets/index.html");
-const PAGE_SCRIPT: &str = include_str!("../../../assets/page.js");
-const PAGE_STYLE: &str = include_str!("../../../assets/page.css");
-
-fn page_file(content_type: &'static str, body: &'static str) -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, content_type),
-            (header::CONTENT_SECURITY_POLICY, PAGE_POLICY),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        body,
-    )
-        .into_response()
-}
-
-async fn page() -> Response {
-    page_file("text/html; charset=utf-8", PAGE)
-}
-
-async fn page_script() -> Response {
-    page_file("text/javascript; charset=utf-8", PAGE_SCRIPT)
-}
-
-async fn page_style() -> Response {
-    page_file("text/css; charset=utf-8", PAGE_STYLE)
 }
 
 /// The process is up.

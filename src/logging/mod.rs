@@ -1,5 +1,8 @@
-//! Log output: `tracing` to stderr (text or JSON), and to `LOG_FILE` with daily rotation
-//! keeping 30 files when set. stdout is left to command output and the MCP protocol.
+//! Log output: `tracing` to stderr (text or JSON), and to `LOG_FILE` when set, rotated daily
+//! and at 100 MB, gzipped, 30 days kept ([`rotation`]). stdout is left to command output and
+//! the MCP protocol.
+
+pub mod rotation;
 
 use std::path::Path;
 use std::time::Instant;
@@ -10,9 +13,6 @@ use tracing_subscriber::{fmt, EnvFilter, Layer};
 
 use crate::config::LogFormat;
 
-/// Rotated log files kept (spec 004, "Log Rotation").
-pub const KEPT_LOG_FILES: usize = 30;
-
 /// Why logging could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum LoggingError {
@@ -20,7 +20,7 @@ pub enum LoggingError {
     File {
         path: String,
         #[source]
-        source: tracing_appender::rolling::InitError,
+        source: std::io::Error,
     },
     #[error("LOG_LEVEL={0}: not a valid filter")]
     Filter(String),
@@ -54,20 +54,8 @@ pub fn init(level: &str, format: LogFormat, file: Option<&Path>) -> Result<LogGu
     .with_filter(filter()?);
     let (file_layer, guard) = match file {
         Some(path) => {
-            let dir = path
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
-            let name = path
-                .file_name()
-                .map(|n| n.to_string_lossy().to_string())
-                .unwrap_or_else(|| "meter-sync.log".into());
-            let appender = tracing_appender::rolling::Builder::new()
-                .rotation(tracing_appender::rolling::Rotation::DAILY)
-                .filename_prefix(name)
-                .max_log_files(KEPT_LOG_FILES)
-                .build(dir)
-                .map_err(|source| LoggingError::File {
+            let appender =
+                rotation::RotatingFile::open(path).map_err(|source| LoggingError::File {
                     path: path.display().to_string(),
                     source,
                 })?;
