@@ -9,7 +9,7 @@ use meter_sync::pgcluster::free_port;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::support::upload_env;
+use crate::support::{agent, upload_env};
 
 /// The datagrams received on `socket` until `done` holds for one, within `limit`; each
 /// datagram is one message of `KEY=VALUE` lines.
@@ -56,11 +56,7 @@ async fn run_tells_systemd_ready_pings_the_watchdog_and_says_stopping() {
     // A 600 ms watchdog: a ping every 300 ms.
     vars.push(("WATCHDOG_USEC".into(), "600000".into()));
     let started = Instant::now();
-    let child = Command::new(env!("CARGO_BIN_EXE_meter-sync"))
-        .arg("run")
-        .env_clear()
-        .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .current_dir(std::env::temp_dir())
+    let child = agent(&["run"], &vars)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -117,11 +113,7 @@ async fn without_a_watchdog_or_a_notify_socket_run_starts_and_stops_as_before() 
     ]);
     vars.push(("WATCHDOG_USEC".into(), "600000".into()));
     vars.push(("WATCHDOG_PID".into(), "1".into()));
-    let child = Command::new(env!("CARGO_BIN_EXE_meter-sync"))
-        .arg("run")
-        .env_clear()
-        .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .current_dir(std::env::temp_dir())
+    let child = agent(&["run"], &vars)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -151,12 +143,7 @@ async fn without_a_watchdog_or_a_notify_socket_run_starts_and_stops_as_before() 
 
 /// `meter-sync <args>` with no configuration at all; its exit code and stdout.
 fn run_bare(args: &[&str]) -> (Option<i32>, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_meter-sync"))
-        .args(args)
-        .env_clear()
-        .current_dir(std::env::temp_dir())
-        .output()
-        .unwrap();
+    let output = agent(args, &[]).output().unwrap();
     (
         output.status.code(),
         String::from_utf8_lossy(&output.stdout).into_owned(),

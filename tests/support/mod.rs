@@ -321,6 +321,18 @@ pub async fn download_with(
     .await
 }
 
+/// `meter-sync <args>` with exactly `vars` in its environment (nothing inherited), run in the
+/// temp directory; the caller sets its stdio and spawns it.
+pub fn agent(args: &[&str], vars: &[(String, String)]) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_meter-sync"));
+    command
+        .args(args)
+        .env_clear()
+        .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .current_dir(std::env::temp_dir());
+    command
+}
+
 /// Loads a configuration from environment pairs (as a child process would get them).
 pub fn config_from(env: Vec<(String, String)>) -> Config {
     Config::load(&Sources {
