@@ -10,12 +10,12 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use meter_sync::fixture::{insert_local_readings, FixtureSize, Layout};
-use meter_sync::pgcluster::{free_port, ClusterOptions, PgCluster, StopMode};
+use meter_sync::fixture::insert_local_readings;
+use meter_sync::pgcluster::{free_port, StopMode};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
-use crate::support::{connect, migrate_local, TestEnv};
+use crate::support::{migrate_local, own_central, TestEnv};
 
 const ADDED_METERS: i64 = 3;
 
@@ -65,24 +65,7 @@ async fn the_status_page_shows_the_real_state_and_its_buttons_work() {
         return;
     }
     // The central cluster is this test's own: it stops it.
-    let mut central = tokio::task::spawn_blocking(|| {
-        PgCluster::start(&ClusterOptions {
-            label: "test-browser".into(),
-            ..ClusterOptions::default()
-        })
-        .unwrap()
-    })
-    .await
-    .unwrap();
-    connect(&central, "postgres")
-        .await
-        .batch_execute("create database central")
-        .await
-        .unwrap();
-    let remote = connect(&central, "central").await;
-    meter_sync::fixture::load_remote(&remote, Layout::Default, FixtureSize::default())
-        .await
-        .unwrap();
+    let (mut central, remote) = own_central("test-browser").await;
     let env = TestEnv::new("browser").await;
     let profile = meter_sync::profile::Profile::builtin_default().unwrap();
     migrate_local(&env.local, &profile).await;

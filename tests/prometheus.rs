@@ -10,11 +10,10 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use meter_sync::fixture::{FixtureSize, Layout};
-use meter_sync::pgcluster::{free_port, ClusterOptions, PgCluster, StopMode};
+use meter_sync::pgcluster::{free_port, StopMode};
 use serde_json::Value;
 
-use crate::support::{connect, migrate_local, TestEnv};
+use crate::support::{migrate_local, own_central, TestEnv};
 
 const PROMETHEUS: &str = "/usr/bin/prometheus";
 const ALERT: &str = "MeterSyncRemoteDatabaseDown";
@@ -104,27 +103,7 @@ async fn the_remote_down_alert_goes_pending_then_firing_then_resolves_in_prometh
         eprintln!("Prometheus test skipped: {PROMETHEUS} is missing");
         return;
     }
-    let mut central = tokio::task::spawn_blocking(|| {
-        PgCluster::start(&ClusterOptions {
-            label: "test-prometheus".into(),
-            ..ClusterOptions::default()
-        })
-        .unwrap()
-    })
-    .await
-    .unwrap();
-    connect(&central, "postgres")
-        .await
-        .batch_execute("create database central")
-        .await
-        .unwrap();
-    meter_sync::fixture::load_remote(
-        &connect(&central, "central").await,
-        Layout::Default,
-        FixtureSize::default(),
-    )
-    .await
-    .unwrap();
+    let (mut central, _) = own_central("test-prometheus").await;
     let env = TestEnv::new("prometheus").await;
     migrate_local(
         &env.local,

@@ -50,6 +50,17 @@ async fn post(http: &reqwest::Client, url: &str, token: Option<&str>) -> (u16, V
     (status, response.json().await.unwrap())
 }
 
+/// The `/metrics` text of the service at `base`.
+async fn metrics_text(http: &reqwest::Client, base: &str) -> String {
+    http.get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// Active local meters, as 003 property 7 defines the meter count.
 async fn active_meters(client: &tokio_postgres::Client) -> i64 {
     client
@@ -386,14 +397,7 @@ async fn metrics_parse_and_move_with_the_work() {
     let (app, base) = serve(&env, &profile).await;
     let http = reqwest::Client::new();
     let scrape = || async {
-        let text = http
-            .get(format!("{base}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = metrics_text(&http, &base).await;
         let lines = text.lines().map(|l| Ok(l.to_string()));
         let scrape = prometheus_parse::Scrape::parse(lines).unwrap();
         move |name: &str, labels: &[(&str, &str)]| -> Option<f64> {
@@ -591,14 +595,7 @@ async fn the_grafana_dashboard_parses_and_queries_only_exported_metrics() {
     let http = reqwest::Client::new();
     let (code, _) = post(&http, &format!("{base}/api/local/sync-trigger"), None).await;
     assert_eq!(code, 200);
-    let text = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(&http, &base).await;
     let exported = exported_series(&text);
     for expr in &exprs {
         let names = named_metrics(expr);
@@ -633,14 +630,7 @@ async fn metrics_say_unknown_where_the_status_says_null() {
     let (_, status) = get(&http, &format!("{base}/api/local/sync-status")).await;
     assert_eq!(status["local_db_connected"], false, "{status}");
     assert_eq!(status["queue_size"], Value::Null);
-    let text = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(&http, &base).await;
     let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
     let value = |name: &str| {
         scrape

@@ -321,6 +321,31 @@ pub async fn download_with(
     .await
 }
 
+/// A central cluster of the test's own (it may stop and restart it), with a database
+/// `central` holding the default fixture; returns the cluster and a client of that database.
+pub async fn own_central(label: &str) -> (PgCluster, tokio_postgres::Client) {
+    let label = label.to_string();
+    let central = tokio::task::spawn_blocking(move || {
+        PgCluster::start(&ClusterOptions {
+            label,
+            ..ClusterOptions::default()
+        })
+        .unwrap()
+    })
+    .await
+    .unwrap();
+    connect(&central, "postgres")
+        .await
+        .batch_execute("create database central")
+        .await
+        .unwrap();
+    let client = connect(&central, "central").await;
+    meter_sync::fixture::load_remote(&client, Layout::Default, FixtureSize::default())
+        .await
+        .unwrap();
+    (central, client)
+}
+
 /// `meter-sync <args>` with exactly `vars` in its environment (nothing inherited), run in the
 /// temp directory; the caller sets its stdio and spawns it.
 pub fn agent(args: &[&str], vars: &[(String, String)]) -> std::process::Command {
