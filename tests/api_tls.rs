@@ -283,6 +283,35 @@ async fn bad_or_half_tls_settings_stop_the_start_with_an_error_naming_the_key() 
             "{extra:?} should say {says:?}: {stderr}"
         );
     }
+    // `check` says the same before a start is tried.
+    let check = |extra: Vec<(&str, String)>| {
+        let vars = with(&extra);
+        let output = agent(&["check"], &vars).output().unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    let (code, out) = check(vec![
+        ("API_TLS_CERT", shown(&pki.path("server.crt"))),
+        ("API_TLS_KEY", shown(&pki.path("other.key"))),
+    ]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(
+            "HTTP API: FAILED: API_TLS_CERT and API_TLS_KEY do not make a usable server identity"
+        ),
+        "{out}"
+    );
+    let (code, out) = check(vec![
+        ("API_TLS_CERT", shown(&pki.path("server.crt"))),
+        ("API_TLS_KEY", shown(&pki.path("server.key"))),
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains(&format!("HTTP API: ok (https://127.0.0.1:{port})")),
+        "{out}"
+    );
 
     // Good files: `run` serves HTTPS on the port and says so.
     let vars = with(&[

@@ -49,10 +49,15 @@ pub(super) async fn check(
         true => dry_run(config, profile).await,
         false => Vec::new(),
     };
-    let ok = connected && parts.iter().all(|p| p.error.is_none());
+    let api = check_api(config);
+    let ok = connected && parts.iter().all(|p| p.error.is_none()) && api.is_ok();
     if json {
         let out = serde_json::json!({
             "ok": ok,
+            "api": match &api {
+                Ok(address) => serde_json::json!({ "ok": true, "address": address }),
+                Err(error) => serde_json::json!({ "ok": false, "error": error }),
+            },
             "configuration": Config::redacted_summary(raw),
             "profile": { "origin": profile.origin, "entities": profile.entities.iter().map(|e| e.name.to_string()).collect::<Vec<_>>(),
                          "readings": profile.readings.as_ref().map(|r| r.table.to_string()) },
@@ -80,6 +85,10 @@ pub(super) async fn check(
                 "  readings: {} -> remote {}",
                 readings.table, readings.remote_table
             );
+        }
+        match &api {
+            Ok(address) => println!("HTTP API: ok ({address})"),
+            Err(error) => println!("HTTP API: FAILED: {error}"),
         }
         for side in [&local, &remote] {
             match (&side.server_version, &side.error) {
@@ -111,6 +120,22 @@ pub(super) async fn check(
         }
     }
     Exit::from_success(ok).into()
+}
+
+/// The HTTP API as `run` would serve it: the bind rule, and the TLS files read and matched.
+fn check_api(config: &Config) -> Result<String, String> {
+    crate::surface::http::check_bind(config)?;
+    let scheme = match &config.api_tls {
+        Some(tls) => {
+            crate::surface::http::tls::server_config(tls).map_err(|e| chain(&e))?;
+            "https"
+        }
+        None => "http",
+    };
+    Ok(format!(
+        "{scheme}://{}",
+        std::net::SocketAddr::new(config.api_host, config.api_port)
+    ))
 }
 
 /// The profile's dry run: every entity, then the readings, each with its first problem.
