@@ -196,7 +196,7 @@ pub static ALL: &[KeySpec] = &[
     key(
         "RETRY_BASE_SECONDS",
         Some("2"),
-        "backoff base: retry n waits RETRY_BASE_SECONDS * 2^n",
+        "backoff base: retry n waits a random time up to RETRY_BASE_SECONDS * 2^n (full jitter)",
     ).seconds(3600.0),
     key(
         "MAX_ROW_FAILURES",
