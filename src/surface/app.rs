@@ -15,6 +15,7 @@ use crate::data::pg::{self, Backoff};
 use crate::error::{chain, Exit};
 use crate::profile::Profile;
 use crate::service::Service;
+use crate::surface::http::tls::Serving;
 
 /// How long the HTTP server may take to finish its requests after the last run ended.
 const HTTP_DRAIN: Duration = Duration::from_secs(5);
@@ -187,21 +188,13 @@ pub async fn run(raw: &RawSettings, config: Config, profile: Profile) -> ExitCod
         entities = ?profile.entities.iter().map(|e| e.name.to_string()).collect::<Vec<_>>(),
         "profile loaded"
     );
-    if let Err(message) = crate::surface::http::check_bind(&config) {
-        eprintln!("meter-sync: {message}");
-        return Exit::Usage.into();
-    }
-    let tls = match &config.api_tls {
-        Some(tls) => match crate::surface::http::tls::server_config(tls) {
-            Ok(server) => Some(server),
-            Err(e) => {
-                eprintln!("meter-sync: {}", chain(&e));
-                return Exit::Usage.into();
-            }
-        },
-        None => None,
+    let serving = match Serving::from_config(&config) {
+        Ok(serving) => serving,
+        Err(message) => {
+            eprintln!("meter-sync: {message}");
+            return Exit::Usage.into();
+        }
     };
-    let scheme = if tls.is_some() { "https" } else { "http" };
     if let Err(message) = prepare_local(&config, &profile).await {
         tracing::error!("{message}");
         eprintln!("meter-sync: {message}");
@@ -222,18 +215,18 @@ pub async fn run(raw: &RawSettings, config: Config, profile: Profile) -> ExitCod
             return Exit::Usage.into();
         }
     };
-    let app = match App::start_with(service, listener, true, tls) {
+    let app = match App::start_with(service, listener, true, serving.tls.clone()) {
         Ok(app) => app,
         Err(e) => {
             eprintln!("meter-sync: cannot start the HTTP server: {e}");
             return Exit::Failed.into();
         }
     };
+    let url = serving.url(app.addr);
     tracing::info!(
-        "listening on {scheme}://{} (status /api/local/sync-status, API docs /docs, metrics /metrics)",
-        app.addr
+        "listening on {url} (status /api/local/sync-status, API docs /docs, metrics /metrics)"
     );
-    crate::surface::systemd::ready(&format!("listening on {scheme}://{}", app.addr));
+    crate::surface::systemd::ready(&format!("listening on {url}"));
     match crate::surface::systemd::watchdog_interval() {
         Some(interval) => {
             tracing::info!(

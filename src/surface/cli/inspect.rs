@@ -124,18 +124,8 @@ pub(super) async fn check(
 
 /// The HTTP API as `run` would serve it: the bind rule, and the TLS files read and matched.
 fn check_api(config: &Config) -> Result<String, String> {
-    crate::surface::http::check_bind(config)?;
-    let scheme = match &config.api_tls {
-        Some(tls) => {
-            crate::surface::http::tls::server_config(tls).map_err(|e| chain(&e))?;
-            "https"
-        }
-        None => "http",
-    };
-    Ok(format!(
-        "{scheme}://{}",
-        std::net::SocketAddr::new(config.api_host, config.api_port)
-    ))
+    let serving = crate::surface::http::tls::Serving::from_config(config)?;
+    Ok(serving.url(std::net::SocketAddr::new(config.api_host, config.api_port)))
 }
 
 /// The profile's dry run: every entity, then the readings, each with its first problem.

@@ -28,6 +28,7 @@ use crate::service::{Service, TriggerError};
 mod guard;
 mod history;
 mod page;
+pub mod tls;
 
 pub use guard::{Guard, PAGE_POLICY};
 
@@ -67,8 +68,6 @@ pub fn check_bind(config: &Config) -> Result<(), String> {
         ))
     }
 }
-
-pub mod tls;
 
 /// A JSON error.
 #[derive(Debug, Serialize, ToSchema)]

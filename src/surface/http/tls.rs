@@ -1,8 +1,10 @@
 //! HTTPS for the API (`API_TLS_CERT`, `API_TLS_KEY`): the certificate chain and private key
 //! read from PEM files into a rustls server configuration, each failure naming its key, file
 //! and cause. With TLS on, the port speaks only TLS, so the bearer token never crosses the
-//! network in the clear.
+//! network in the clear. [`Serving`] is the one check of how the API will be served (bind
+//! rule, then TLS), for `run` and `check` alike.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -10,7 +12,32 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ServerConfig;
 
-use crate::config::ApiTls;
+use crate::config::{ApiTls, Config};
+use crate::error::chain;
+
+/// How `run` serves the API, as the configuration asks: HTTPS when `tls` is set.
+pub struct Serving {
+    pub tls: Option<Arc<ServerConfig>>,
+}
+
+impl Serving {
+    /// The configuration's API checked as `run` would serve it: the bind rule, then the TLS
+    /// files read and matched. The error is for the operator, naming the keys at fault.
+    pub fn from_config(config: &Config) -> Result<Self, String> {
+        super::check_bind(config)?;
+        let tls = match &config.api_tls {
+            Some(tls) => Some(server_config(tls).map_err(|e| chain(&e))?),
+            None => None,
+        };
+        Ok(Self { tls })
+    }
+
+    /// The API's address as a URL: `https://` or `http://`.
+    pub fn url(&self, addr: SocketAddr) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{addr}")
+    }
+}
 
 /// Why the API's TLS configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
