@@ -4,7 +4,6 @@
 //! naming the key; beyond loopback TLS is required.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +13,7 @@ use meter_sync::service::Service;
 use meter_sync::surface::app::App;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 
-use crate::support::{agent, upload_env, TestEnv};
+use crate::support::{agent, spawn, upload_env, wait_exit, TestEnv};
 
 const TOKEN: &str = "a-token-of-24-characters";
 
@@ -51,6 +50,14 @@ impl Pki {
 
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
+    }
+
+    /// `API_TLS_CERT` and `API_TLS_KEY` naming two of these files.
+    fn files(&self, cert: &str, key: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("API_TLS_CERT", shown(&self.path(cert))),
+            ("API_TLS_KEY", shown(&self.path(key))),
+        ]
     }
 
     fn tls(&self) -> ApiTls {
@@ -200,29 +207,6 @@ async fn the_api_speaks_only_tls_and_takes_the_token_over_it() {
     app.stop().await;
 }
 
-/// `meter-sync run` with `vars`; its exit code and stderr, or None if it is still running
-/// after `limit` (then it is killed).
-async fn run_for(vars: &[(String, String)], limit: Duration) -> (Option<i32>, String) {
-    let mut child = agent(&["run"], vars)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while started.elapsed() < limit {
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let code = child.try_wait().unwrap().and_then(|s| s.code());
-    if code.is_none() {
-        let _ = child.kill();
-    }
-    let output = child.wait_with_output().unwrap();
-    (code, String::from_utf8_lossy(&output.stderr).into_owned())
-}
-
 fn shown(path: &Path) -> String {
     path.display().to_string()
 }
@@ -247,36 +231,19 @@ async fn bad_or_half_tls_settings_stop_the_start_with_an_error_naming_the_key() 
             "API_TLS_CERT",
         ),
         (
-            vec![
-                ("API_TLS_CERT", shown(&pki.path("server.key"))),
-                ("API_TLS_KEY", shown(&pki.path("server.key"))),
-            ],
+            pki.files("server.key", "server.key"),
             "holds no PEM certificate",
         ),
+        (pki.files("missing.crt", "server.key"), "API_TLS_CERT="),
+        (pki.files("server.crt", "server.crt"), "API_TLS_KEY="),
         (
-            vec![
-                ("API_TLS_CERT", shown(&pki.path("missing.crt"))),
-                ("API_TLS_KEY", shown(&pki.path("server.key"))),
-            ],
-            "API_TLS_CERT=",
-        ),
-        (
-            vec![
-                ("API_TLS_CERT", shown(&pki.path("server.crt"))),
-                ("API_TLS_KEY", shown(&pki.path("server.crt"))),
-            ],
-            "API_TLS_KEY=",
-        ),
-        (
-            vec![
-                ("API_TLS_CERT", shown(&pki.path("server.crt"))),
-                ("API_TLS_KEY", shown(&pki.path("other.key"))),
-            ],
+            pki.files("server.crt", "other.key"),
             "does the key belong to the certificate?",
         ),
     ];
     for (extra, says) in cases {
-        let (code, stderr) = run_for(&with(&extra), Duration::from_secs(30)).await;
+        let (code, stderr) =
+            wait_exit(spawn(&["run"], &with(&extra)), Duration::from_secs(30)).await;
         assert_eq!(code, Some(2), "{extra:?}: {stderr}");
         assert!(
             stderr.contains(says),
@@ -292,10 +259,7 @@ async fn bad_or_half_tls_settings_stop_the_start_with_an_error_naming_the_key() 
             String::from_utf8_lossy(&output.stdout).into_owned(),
         )
     };
-    let (code, out) = check(vec![
-        ("API_TLS_CERT", shown(&pki.path("server.crt"))),
-        ("API_TLS_KEY", shown(&pki.path("other.key"))),
-    ]);
+    let (code, out) = check(pki.files("server.crt", "other.key"));
     assert_eq!(code, Some(1), "{out}");
     assert!(
         out.contains(
@@ -303,10 +267,7 @@ async fn bad_or_half_tls_settings_stop_the_start_with_an_error_naming_the_key() 
         ),
         "{out}"
     );
-    let (code, out) = check(vec![
-        ("API_TLS_CERT", shown(&pki.path("server.crt"))),
-        ("API_TLS_KEY", shown(&pki.path("server.key"))),
-    ]);
+    let (code, out) = check(pki.files("server.crt", "server.key"));
     assert_eq!(code, Some(0), "{out}");
     assert!(
         out.contains(&format!("HTTP API: ok (https://127.0.0.1:{port})")),
@@ -314,16 +275,10 @@ async fn bad_or_half_tls_settings_stop_the_start_with_an_error_naming_the_key() 
     );
 
     // Good files: `run` serves HTTPS on the port and says so.
-    let vars = with(&[
-        ("API_TLS_CERT", shown(&pki.path("server.crt"))),
-        ("API_TLS_KEY", shown(&pki.path("server.key"))),
-        ("SYNC_INTERVAL_SECONDS", "3600".to_string()),
-    ]);
-    let mut child = agent(&["run"], &vars)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut good = pki.files("server.crt", "server.key");
+    good.push(("SYNC_INTERVAL_SECONDS", "3600".to_string()));
+    let vars = with(&good);
+    let _agent = spawn(&["run"], &vars);
     let https = pki.client();
     let started = Instant::now();
     let answered = loop {
@@ -336,8 +291,6 @@ async fn bad_or_half_tls_settings_stop_the_start_with_an_error_naming_the_key() 
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let _ = child.kill();
-    let _ = child.wait();
     assert!(answered == 200 || answered == 503, "{answered}");
 }
 
@@ -345,7 +298,7 @@ async fn bad_or_half_tls_settings_stop_the_start_with_an_error_naming_the_key() 
 async fn beyond_loopback_a_token_without_tls_is_refused() {
     let (env, _profile) = upload_env("tls_api_bind", &[]).await;
     let vars = env.env(&[("API_HOST", "0.0.0.0"), ("API_TOKEN", TOKEN)]);
-    let (code, stderr) = run_for(&vars, Duration::from_secs(30)).await;
+    let (code, stderr) = wait_exit(spawn(&["run"], &vars), Duration::from_secs(30)).await;
     assert_eq!(code, Some(2), "{stderr}");
     assert!(
         stderr.contains("API_HOST=0.0.0.0")

@@ -2,14 +2,14 @@
 //! shell completions and the man page from the clap definitions, and the log file's rotation.
 
 use std::os::unix::net::UnixDatagram;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use meter_sync::pgcluster::free_port;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::support::{agent, upload_env};
+use crate::support::{agent, spawn, upload_env, wait_exit};
 
 /// The datagrams received on `socket` until `done` holds for one, within `limit`; each
 /// datagram is one message of `KEY=VALUE` lines.
@@ -56,11 +56,7 @@ async fn run_tells_systemd_ready_pings_the_watchdog_and_says_stopping() {
     // A 600 ms watchdog: a ping every 300 ms.
     vars.push(("WATCHDOG_USEC".into(), "600000".into()));
     let started = Instant::now();
-    let child = agent(&["run"], &vars)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn(&["run"], &vars);
     let pid = Pid::from_raw(child.id() as i32);
     let messages = tokio::task::spawn_blocking(move || {
         let ready = receive_until(&socket, Duration::from_secs(30), |m| {
@@ -89,16 +85,9 @@ async fn run_tells_systemd_ready_pings_the_watchdog_and_says_stopping() {
     assert!(ready_at < Duration::from_secs(30));
     assert!(pings.last().is_some() && more.last().is_some());
     assert!(stopping.last().unwrap().contains("STATUS=stopping"));
-    let output = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
-        .await
-        .unwrap();
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(String::from_utf8_lossy(&output.stderr).contains("systemd watchdog enabled"));
+    let (code, stderr) = wait_exit(child, Duration::from_secs(30)).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("systemd watchdog enabled"), "{stderr}");
 }
 
 #[tokio::test]
@@ -113,11 +102,7 @@ async fn without_a_watchdog_or_a_notify_socket_run_starts_and_stops_as_before() 
     ]);
     vars.push(("WATCHDOG_USEC".into(), "600000".into()));
     vars.push(("WATCHDOG_PID".into(), "1".into()));
-    let child = agent(&["run"], &vars)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn(&["run"], &vars);
     let http = reqwest::Client::new();
     let started = Instant::now();
     while http
@@ -133,11 +118,8 @@ async fn without_a_watchdog_or_a_notify_socket_run_starts_and_stops_as_before() 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
-    let output = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
-        .await
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let (code, stderr) = wait_exit(child, Duration::from_secs(30)).await;
+    assert_eq!(code, Some(0), "{stderr}");
     assert!(!stderr.contains("watchdog"), "{stderr}");
 }
 

@@ -2,7 +2,7 @@
 //! shutdown during a run, the remote down at start, the local database down at start, the
 //! bind rule.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use nix::unistd::Pid;
 use serde_json::Value;
 use tokio::sync::watch;
 
-use crate::support::{connect, count, upload_env, READINGS_MULTISET};
+use crate::support::{connect, count, spawn, upload_env, wait_exit, Proc, READINGS_MULTISET};
 
 fn at(text: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(text)
@@ -136,76 +136,6 @@ async fn a_download_deferred_by_a_run_is_retried_and_a_failed_one_joins_the_next
             (Job::Download, at("2026-01-01T03:00:00Z")),
         ]
     );
-}
-
-/// A child process, killed if the test ends (or fails) before it exits.
-struct Proc(Option<Child>);
-
-impl Proc {
-    fn id(&self) -> u32 {
-        self.0.as_ref().unwrap().id()
-    }
-
-    fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
-        self.0.as_mut().unwrap().try_wait().unwrap()
-    }
-
-    fn take(mut self) -> Child {
-        self.0.take().unwrap()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// A `meter-sync` child process with exactly these variables.
-fn spawn(args: &[&str], vars: &[(String, String)]) -> Proc {
-    Proc(Some(
-        Command::new(env!("CARGO_BIN_EXE_meter-sync"))
-            .args(args)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .current_dir(std::env::temp_dir())
-            .stdout(Stdio::piped())
-            .stderr(match std::env::var_os("METER_SYNC_TEST_CHILD_LOG") {
-                Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
-                None => Stdio::piped(),
-            })
-            .spawn()
-            .unwrap(),
-    ))
-}
-
-/// Waits for the child to exit, at most `limit`; kills it and fails otherwise.
-async fn wait_exit(mut child: Proc, limit: Duration) -> (Option<i32>, String) {
-    let started = std::time::Instant::now();
-    loop {
-        if let Some(status) = child.try_wait() {
-            let mut stderr = String::new();
-            if let Some(mut pipe) = child.take().stderr.take() {
-                use std::io::Read;
-                pipe.read_to_string(&mut stderr).unwrap();
-            }
-            return (status.code(), stderr);
-        }
-        if started.elapsed() > limit {
-            let mut child = child.take();
-            let _ = child.kill();
-            let output = child.wait_with_output().unwrap();
-            panic!(
-                "meter-sync did not exit within {limit:?}: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn status(http: &reqwest::Client, base: &str) -> Option<Value> {

@@ -7,8 +7,10 @@
 
 pub mod proxy;
 
+use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use meter_sync::config::{Config, Sources};
 use meter_sync::fixture::{self, FixtureSize, Layout};
@@ -319,6 +321,73 @@ pub async fn download_with(
         },
     )
     .await
+}
+
+/// A child process, killed if the test ends (or fails) before it exits.
+pub struct Proc(pub Option<std::process::Child>);
+
+impl Proc {
+    pub fn id(&self) -> u32 {
+        self.0.as_ref().unwrap().id()
+    }
+
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.0.as_mut().unwrap().try_wait().unwrap()
+    }
+
+    pub fn take(mut self) -> std::process::Child {
+        self.0.take().unwrap()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A `meter-sync` child process with exactly these variables (and `PATH`), its output piped
+/// (stderr to `METER_SYNC_TEST_CHILD_LOG` when set).
+pub fn spawn(args: &[&str], vars: &[(String, String)]) -> Proc {
+    Proc(Some(
+        agent(args, vars)
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .stdout(Stdio::piped())
+            .stderr(match std::env::var_os("METER_SYNC_TEST_CHILD_LOG") {
+                Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
+                None => Stdio::piped(),
+            })
+            .spawn()
+            .unwrap(),
+    ))
+}
+
+/// Waits for the child to exit, at most `limit`; kills it and fails otherwise.
+pub async fn wait_exit(mut child: Proc, limit: Duration) -> (Option<i32>, String) {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait() {
+            let mut stderr = String::new();
+            if let Some(mut pipe) = child.take().stderr.take() {
+                use std::io::Read;
+                pipe.read_to_string(&mut stderr).unwrap();
+            }
+            return (status.code(), stderr);
+        }
+        if started.elapsed() > limit {
+            let mut child = child.take();
+            let _ = child.kill();
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "meter-sync did not exit within {limit:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A central cluster of the test's own (it may stop and restart it), with a database
