@@ -53,15 +53,12 @@ impl RotatingFile {
             .create(true)
             .append(true)
             .mode(LOG_FILE_MODE);
-        let existing = options.open(path)?;
+        let existing = options.open(path)?.metadata()?;
         // A file written on an earlier day is rotated at the first write.
-        let day = match existing.metadata().and_then(|m| m.modified()) {
-            Ok(modified) if existing.metadata()?.len() > 0 => {
-                DateTime::<Local>::from(modified).date_naive()
-            }
+        let day = match existing.modified() {
+            Ok(modified) if existing.len() > 0 => DateTime::<Local>::from(modified).date_naive(),
             _ => today(),
         };
-        drop(existing);
         let inner = FileRotate::new(
             path,
             AppendTimestamp::with_format(
